@@ -1,0 +1,53 @@
+# The course's commands. Each creates .venv from requirements.lock on first use.
+#   make course [PROFILE=full|smoke] [LESSONS="00 01"]   execute the lessons, build the site
+#   make test                                            the whole test suite (what CI runs)
+#   make lab                                             JupyterLab on the notebooks
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.course-installed
+PROFILE ?= full
+LESSONS ?=
+JOBS ?= 2
+# The CPU build of torch 2.13.0 lies in /opt/wheels on the course machines; elsewhere pip finds it on PyPI.
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+
+.PHONY: course test lab lint env lock clean
+
+env: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@echo "== creating $(VENV) from requirements.lock (first use: a few minutes) =="
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "Python 3.11+ is needed; set PYTHON=/path/to/python3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet $(FIND_LINKS) -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
+	@touch $(STAMP)
+
+course: $(STAMP)
+	$(PY) -m course_lib course --profile $(PROFILE) $(if $(LESSONS),--lessons $(LESSONS),)
+
+test: $(STAMP)
+	$(PY) -m ruff check course_lib tests notebooks
+	COURSE_PROFILE=smoke $(PY) -m pytest -n $(JOBS) --dist loadscope --nbval-lax --durations=15 $(PYTEST_ARGS)
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks
+
+lint: $(STAMP)
+	$(PY) -m ruff check course_lib tests notebooks
+
+# Re-resolve the lock from pyproject's ranges (needs the package registries).
+lock:
+	rm -rf build/lockenv && $(PYTHON) -m venv build/lockenv
+	build/lockenv/bin/pip install --quiet --upgrade "pip>=24"
+	build/lockenv/bin/pip install --quiet $(FIND_LINKS) "torch==2.13.0" -e ".[frameworks,dev]"
+	{ echo "# Exact versions CI and 'make' install (Python 3.11, CPU builds). Regenerate with: make lock"; \
+	  build/lockenv/bin/pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > requirements.lock.tmp
+	mv requirements.lock.tmp requirements.lock
+
+clean:
+	rm -rf build
