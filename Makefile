@@ -30,15 +30,21 @@ $(STAMP): requirements.lock pyproject.toml
 course: $(STAMP)
 	$(PY) -m course_lib course --profile $(PROFILE) $(if $(LESSONS),--lessons $(LESSONS),)
 
+# Unit tests and every lesson (nbval, smoke profile) in parallel; lesson results go to
+# build/test-results so that they never mix with a `make course` run's.
 test: $(STAMP)
-	$(PY) -m ruff check course_lib tests notebooks
-	COURSE_PROFILE=smoke $(PY) -m pytest -n $(JOBS) --dist loadscope --nbval-lax --durations=15 $(PYTEST_ARGS)
+	$(PY) -m ruff check course_lib tests notebooks tools
+	rm -rf build/test-results
+	COURSE_PROFILE=smoke COURSE_RESULTS_DIR=$(CURDIR)/build/test-results \
+	  TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -n $(JOBS) --dist loadscope --nbval-lax \
+	  --durations=15 $(PYTEST_ARGS)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks
 
 lint: $(STAMP)
-	$(PY) -m ruff check course_lib tests notebooks
+	$(PY) -m ruff check course_lib tests notebooks tools
+	$(PY) tools/nbclean.py --check notebooks/*.ipynb
 
 # Re-resolve the lock from pyproject's ranges (needs the package registries).
 lock:

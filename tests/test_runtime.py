@@ -1,0 +1,118 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from course_lib import runtime
+
+
+def test_versions_come_from_metadata_without_importing_frameworks():
+    code = ("import sys, course_lib.runtime as r; v = r.framework_versions(); "
+            "print(v['torch'] is not None, v['jax'] is not None, "
+            "any(m in sys.modules for m in ('torch', 'tensorflow', 'jax', 'keras')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True", "False"]
+
+
+def test_versions_list_every_course_framework():
+    versions = runtime.framework_versions()
+    for name in ("python", "numpy", "scikit-learn", "torch", "tensorflow", "keras", "jax",
+                 "flax", "optax", "xgboost", "onnx", "onnxruntime"):
+        assert name in versions
+    assert versions["tensorflow"] is not None, "tensorflow-cpu must count as tensorflow"
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({}, "local"),
+    ({"COLAB_RELEASE_TAG": "release-colab_20260801"}, "colab"),
+    ({"COLAB_TPU_ADDR": "10.0.0.2:8470"}, "colab"),
+    ({"KAGGLE_KERNEL_RUN_TYPE": "Interactive"}, "kaggle"),
+    ({"BINDER_SERVICE_HOST": "10.1.2.3"}, "binder"),
+    ({"HOME": "/root"}, "local"),
+])
+def test_hosted_environment(environ, expected):
+    assert runtime.hosted_environment(environ) == expected
+
+
+def test_device_description_names_cpu_and_gpu():
+    text = runtime.device_description()
+    assert text.startswith("CPU: ")
+    assert f"({os.cpu_count()} cores)" in text
+    assert "GPU: " in text
+
+
+@pytest.mark.parametrize("profile", ["smoke", "full"])
+def test_check_profile_accepts_and_activates(profile, monkeypatch):
+    monkeypatch.delenv("COURSE_PROFILE_ACTIVE", raising=False)
+    assert runtime.check_profile(profile) == profile
+    assert os.environ["COURSE_PROFILE_ACTIVE"] == profile
+
+
+@pytest.mark.parametrize("bad", ["fast", "Smoke", "", None])
+def test_check_profile_rejects_with_advice(bad):
+    with pytest.raises(ValueError, match=r"PROFILE must be one of .*papermill"):
+        runtime.check_profile(bad)
+
+
+def test_seed_everything_repeats_numpy_and_python():
+    import random
+
+    import numpy as np
+
+    runtime.seed_everything(3, frameworks=())
+    a = (random.random(), np.random.rand())
+    runtime.seed_everything(3, frameworks=())
+    assert (random.random(), np.random.rand()) == a
+    runtime.seed_everything(4, frameworks=())
+    assert (random.random(), np.random.rand()) != a
+
+
+@pytest.mark.parametrize("bad", [-1, 2**32, 1.5, "0", True])
+def test_seed_everything_rejects_bad_seeds(bad):
+    with pytest.raises(ValueError, match="seed"):
+        runtime.seed_everything(bad, frameworks=())
+
+
+@pytest.mark.slow
+def test_seed_everything_seeds_torch_tensorflow_and_returns_jax_key():
+    import jax
+    import numpy as np
+    import tensorflow as tf
+    import torch
+
+    key = runtime.seed_everything(11)
+    t1, f1 = torch.rand(4), tf.random.uniform([4]).numpy()
+    key2 = runtime.seed_everything(11)
+    assert torch.equal(t1, torch.rand(4))
+    assert np.array_equal(f1, tf.random.uniform([4]).numpy())
+    assert np.array_equal(jax.random.uniform(key, (3,)), jax.random.uniform(key2, (3,)))
+
+
+@pytest.mark.slow
+def test_accelerators_lists_cpu_for_each_framework():
+    rows = runtime.accelerators(("torch", "jax"))
+    kinds = {(r["framework"], r["kind"]) for r in rows}
+    assert ("torch", "CPU") in kinds and ("jax", "CPU") in kinds
+    assert all(r["version"] for r in rows)
+
+
+def test_accelerators_reports_a_missing_framework_instead_of_raising(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "tensorflow":
+            raise ImportError("No module named 'tensorflow'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    rows = runtime.accelerators(("tensorflow",))
+    assert rows == [{"framework": "tensorflow", "version": None, "device": None, "kind": None,
+                     "note": "cannot import: ImportError: No module named 'tensorflow'"}]
+
+
+def test_accelerators_rejects_unknown_framework():
+    with pytest.raises(ValueError, match="unknown framework 'mxnet'"):
+        runtime.accelerators(("mxnet",))

@@ -1,0 +1,85 @@
+"""Keep lesson notebooks reviewable: strip outputs and execution counts.
+
+Outputs are kept only in cells whose source contains ``# NBVAL_CHECK_OUTPUT``: nbval compares
+those against a fresh run, so their (small, deterministic) outputs are part of the source.
+
+    python tools/nbclean.py notebooks/*.ipynb            # strip in place
+    python tools/nbclean.py --check notebooks/*.ipynb    # exit 1 if a file is not clean
+    python tools/nbclean.py --execute notebooks/00_*.ipynb
+        # run on a fresh kernel (smoke profile) to refresh the check cells' outputs, then strip
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+
+CHECK = "# NBVAL_CHECK_OUTPUT"
+KEEP_METADATA = {"tags"}
+
+
+def clean(nb):
+    """Return a stripped copy of ``nb`` (an nbformat NotebookNode)."""
+    nb = copy.deepcopy(nb)
+    nb.metadata = {
+        "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python",
+                       "name": "python3"},
+        "language_info": {"name": "python"},
+        **({"colab": nb.metadata["colab"]} if "colab" in nb.metadata else {}),
+    }
+    for cell in nb.cells:
+        cell.metadata = {k: v for k, v in cell.metadata.items() if k in KEEP_METADATA}
+        if cell.cell_type == "code":
+            cell.execution_count = None
+            if CHECK in cell.source:
+                for out in cell.outputs:
+                    out.pop("execution_count", None)
+                    if "metadata" in out:
+                        out["metadata"] = {}
+            else:
+                cell.outputs = []
+    return nb
+
+
+def execute(path: Path):
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    env_profile = os.environ.setdefault("COURSE_PROFILE", "smoke")
+    print(f"executing {path} (profile {env_profile}) ...", flush=True)
+    NotebookClient(nb, timeout=1800, kernel_name="python3",
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    return nb
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", type=Path)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true")
+    mode.add_argument("--execute", action="store_true")
+    args = parser.parse_args(argv)
+    dirty = []
+    for path in args.paths:
+        nb = execute(path) if args.execute else nbformat.read(path, as_version=4)
+        cleaned = clean(nb)
+        text = nbformat.writes(cleaned) + "\n"
+        if args.check:
+            if path.read_text(encoding="utf-8") != text:
+                dirty.append(path)
+        else:
+            path.write_text(text, encoding="utf-8")
+    if dirty:
+        print("not clean (run: python tools/nbclean.py FILES):", *dirty, sep="\n  ")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
