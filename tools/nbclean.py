@@ -3,6 +3,16 @@
 Outputs are kept only in cells whose source contains ``# NBVAL_CHECK_OUTPUT``: nbval compares
 those against a fresh run, so their (small, deterministic) outputs are part of the source.
 
+Exercises follow nbgrader's conventions, derived here from two cell tags so that authors
+never edit JSON metadata by hand:
+
+- a cell tagged ``solution`` holds the answer between ``### BEGIN SOLUTION`` and
+  ``### END SOLUTION`` lines; it gets nbgrader metadata ``solution: true``, ``grade_id:
+  exK_solution`` (K counts the solution cells from 1);
+- the next cell tagged ``tests`` starts with ``# points: N`` and holds the tests: public asserts,
+  then optionally hidden ones between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS``;
+  it gets ``grade: true, points: N, locked: true, grade_id: exK_tests``.
+
     python tools/nbclean.py notebooks/*.ipynb            # strip in place
     python tools/nbclean.py --check notebooks/*.ipynb    # exit 1 if a file is not clean
     python tools/nbclean.py --execute notebooks/00_*.ipynb
@@ -17,10 +27,43 @@ import os
 import sys
 from pathlib import Path
 
+import re
+
 import nbformat
 
 CHECK = "# NBVAL_CHECK_OUTPUT"
-KEEP_METADATA = {"tags"}
+KEEP_METADATA = {"tags", "nbgrader"}
+POINTS = re.compile(r"^# points: (\d+(?:\.\d+)?)\s*$")
+
+
+class ExerciseFormatError(ValueError):
+    """A solution/tests cell does not follow the conventions above."""
+
+
+def nbgrader_metadata(nb) -> None:
+    """Set nbgrader metadata on the cells tagged ``solution`` and ``tests`` (in place)."""
+    number = 0
+    for index, cell in enumerate(nb.cells):
+        tags = cell.metadata.get("tags", [])
+        cell.metadata.pop("nbgrader", None)
+        if "solution" in tags:
+            number += 1
+            if "### BEGIN SOLUTION" not in cell.source or "### END SOLUTION" not in cell.source:
+                raise ExerciseFormatError(f"cell {index}: a solution cell needs ### BEGIN "
+                                          "SOLUTION and ### END SOLUTION lines")
+            cell.metadata["nbgrader"] = {"grade": False, "grade_id": f"ex{number}_solution",
+                                         "locked": False, "schema_version": 3, "solution": True}
+        elif "tests" in tags:
+            first = cell.source.splitlines()[0] if cell.source else ""
+            match = POINTS.match(first)
+            if not match or number == 0:
+                raise ExerciseFormatError(f"cell {index}: a tests cell must follow a solution "
+                                          "cell and start with a '# points: N' line")
+            points = float(match.group(1))
+            cell.metadata["nbgrader"] = {"grade": True, "grade_id": f"ex{number}_tests",
+                                         "locked": True, "points": int(points)
+                                         if points.is_integer() else points,
+                                         "schema_version": 3, "solution": False}
 
 
 def clean(nb):
@@ -34,6 +77,8 @@ def clean(nb):
     }
     for cell in nb.cells:
         cell.metadata = {k: v for k, v in cell.metadata.items() if k in KEEP_METADATA}
+    nbgrader_metadata(nb)
+    for cell in nb.cells:
         if cell.cell_type == "code":
             cell.execution_count = None
             if CHECK in cell.source:
