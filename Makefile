@@ -36,7 +36,7 @@ test: $(STAMP)
 	$(PY) -m ruff check course_lib tests notebooks tools
 	rm -rf build/test-results
 	COURSE_PROFILE=smoke COURSE_RESULTS_DIR=$(CURDIR)/build/test-results \
-	  TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -n $(JOBS) --dist loadscope --nbval-lax \
+	  TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -n $(JOBS) --dist loadgroup --nbval-lax \
 	  --durations=15 $(PYTEST_ARGS)
 
 lab: $(STAMP)

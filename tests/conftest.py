@@ -13,3 +13,21 @@ def _results_in_tmp(tmp_path, monkeypatch, request):
     if request.node.fspath.ext == ".ipynb":  # nbval items: results go where make test says
         return
     monkeypatch.setenv("COURSE_RESULTS_DIR", str(tmp_path / "results"))
+
+
+# Parallel runs use `pytest -n 2 --dist loadgroup`. Every item gets an xdist group: the cells of
+# one notebook (nbval) stay together on one worker, as do the tests of one module (or class);
+# the slow lesson re-runs of test_lesson_variants.py each get their own group, so that they are
+# spread over the workers instead of running one after another.
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        if item.path.name == "test_lesson_variants.py":
+            group = item.nodeid
+        elif item.path.suffix == ".ipynb":
+            group = str(item.path)
+        else:
+            cls = getattr(item, "cls", None)
+            group = f"{item.path}::{cls.__name__}" if cls else str(item.path)
+        item.add_marker(pytest.mark.xdist_group(group))
