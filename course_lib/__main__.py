@@ -2,6 +2,7 @@
 
 Commands:
   course   execute the lessons with papermill, build build/site and build/results
+  bench    lesson 09's training-step benchmarks outside Jupyter (bench --help)
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     course.add_argument("--cell-timeout", type=int, default=3600, metavar="S",
                         help="seconds one cell may run before the lesson fails (default 3600)")
     course.set_defaults(func=_course)
+
+    from course_lib import bench_cli  # standard library only at import time
+
+    bench_cli.add_arguments(sub.add_parser(
+        "bench", help="time the training step in every framework, record the figures",
+        description=bench_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     return parser
 
 
