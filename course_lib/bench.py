@@ -727,7 +727,8 @@ def record_bench(
     also ``achieved_gflops`` (GFLOP/s) and, with ``peak``, ``fraction_of_peak`` (fraction =
     achieved / peak GFLOP/s, both at the median; with a :class:`Peak`, also ``best_fraction``
     from the fastest step and the fastest matmul sample, which a busy machine distorts less). For a :class:`Peak`: ``matmul_peak``
-    (GFLOP/s, with ``best_gflops``, ``shape``, ``dtype``, ``threads``). Every record also gets
+    (GFLOP/s, with ``best_gflops``, ``shape``, ``dtype``, ``threads``; ``model`` defaults to
+    ``"matmul_MxKxN"``). Every record also gets
     ``ran_on`` (``"cpu"``/``"gpu"``: where the timed work ran, which the machine's device
     description alone does not say) and ``load_1min`` (:func:`load_average`).
 
@@ -754,6 +755,8 @@ def record_bench(
     from course_lib import results
 
     common = {"ran_on": ran_on, "load_1min": load_average(), **extra}
+    if isinstance(measured, Peak) and model is None:  # one "model" per shape, for results.latest
+        model = "matmul_" + "x".join(str(s) for s in measured.shape)
     if model is not None:
         common["model"] = model
     if isinstance(measured, Peak):
