@@ -2,6 +2,8 @@
 
 Commands:
   course   execute the lessons with papermill, build build/site and build/results
+  assign   write each student's release of the lessons (docs/instructors.md)
+  grade    grade the returned notebooks: grades.csv, feedback per student
   bench    lesson 09's training-step benchmarks outside Jupyter (bench --help)
 """
 
@@ -25,6 +27,56 @@ def _course(args: argparse.Namespace) -> int:
         return 2
 
 
+def _assign(args: argparse.Namespace) -> int:
+    from course_lib.grading import GradingError, assign
+
+    try:
+        written = assign(args.roster, args.out, notebooks_dir=args.notebooks,
+                         lessons=args.lessons)
+    except GradingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    students = {p.parent.name for p in written}
+    print(f"wrote {len(written)} notebooks for {len(students)} students in {args.out}/ "
+          "(hand out one folder per student; keep assignment.json)")
+    return 0
+
+
+def _grade(args: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    from course_lib.grading import GradingError
+    from course_lib.grading_run import Options, grade
+
+    options = Options(cell_timeout=args.cell_timeout, notebook_timeout=args.notebook_timeout,
+                      lesson_cell_timeout=args.lesson_cell_timeout,
+                      jobs=args.jobs, keep_temp=args.keep_temp,
+                      profile=args.profile or os.environ.get("COURSE_PROFILE", "full"))
+
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _terminate)  # so that the workers are stopped
+    try:
+        grades = grade(args.submissions, args.roster, args.out, notebooks_dir=args.notebooks,
+                       lessons=args.lessons, options=options,
+                       progress=lambda line: print(line, flush=True))
+    except GradingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the running notebooks were stopped; no grades.csv written",
+              file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    problems = sum(1 for g in grades if g.status != "ok")
+    print(f"graded {len(grades)} students ({problems} with problems): {args.out}/grades.csv, "
+          f"{args.out}/feedback/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m course_lib", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,6 +91,45 @@ def build_parser() -> argparse.ArgumentParser:
     course.add_argument("--cell-timeout", type=int, default=3600, metavar="S",
                         help="seconds one cell may run before the lesson fails (default 3600)")
     course.set_defaults(func=_course)
+
+    assign = sub.add_parser("assign", help="write each student's release of the lessons")
+    assign.add_argument("--roster", required=True, metavar="ROSTER.csv",
+                        help="CSV with columns id, name and optional parameter columns "
+                             "(seed, TRAIN_FRACTION, ...)")
+    assign.add_argument("--out", required=True, metavar="DIR",
+                        help="new folder for DIR/<id>/<lesson>.ipynb")
+    assign.add_argument("--lessons", nargs="*", metavar="NN",
+                        help="lesson numbers (default: all), e.g. --lessons 00 01")
+    assign.add_argument("--notebooks", default="notebooks", help="folder of the lessons")
+    assign.set_defaults(func=_assign)
+
+    grade = sub.add_parser("grade", help="grade returned notebooks")
+    grade.add_argument("submissions", metavar="SUBMISSIONS_DIR",
+                       help="folder with SUBMISSIONS_DIR/<id>/<lesson>.ipynb")
+    grade.add_argument("--roster", required=True, metavar="ROSTER.csv",
+                       help="the roster used by assign (parameters come from it)")
+    grade.add_argument("--out", required=True, metavar="DIR",
+                       help="folder for grades.csv, feedback/ and graded/")
+    grade.add_argument("--lessons", nargs="*", metavar="NN",
+                       help="lesson numbers (default: all), e.g. --lessons 00 01")
+    grade.add_argument("--notebooks", default="notebooks", help="folder of the lessons")
+    grade.add_argument("--jobs", type=int, default=2, metavar="N",
+                       help="notebooks graded at the same time (default 2)")
+    grade.add_argument("--cell-timeout", type=int, default=300, metavar="S",
+                       help="seconds an answer or tests cell may run before it is "
+                            "interrupted (default 300)")
+    grade.add_argument("--lesson-cell-timeout", type=int, default=3600, metavar="S",
+                       help="the same for the lesson's other cells (default 3600; never "
+                            "less than --cell-timeout)")
+    grade.add_argument("--notebook-timeout", type=int, default=3600, metavar="S",
+                       help="seconds one notebook may run, kernel start included, before "
+                            "it is killed (default 3600)")
+    grade.add_argument("--profile", choices=runtime.PROFILES,
+                       help="COURSE_PROFILE for the notebooks (default: $COURSE_PROFILE, "
+                            "else full)")
+    grade.add_argument("--keep-temp", action="store_true",
+                       help="keep the per-notebook working folders (for debugging)")
+    grade.set_defaults(func=_grade)
 
     from course_lib import bench_cli  # standard library only at import time
 
