@@ -44,7 +44,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -54,6 +54,7 @@ __all__ = [
     "Peak",
     "SyncError",
     "Timing",
+    "gpu_matmul_peaks",
     "load_average",
     "matmul_flops",
     "matmul_peak",
@@ -159,7 +160,7 @@ def sync_torch(result) -> None:
     torch = sys.modules.get("torch")
     if torch is None:
         return
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_initialized():  # cheap (a flag), unlike torch.cuda.is_available()
         torch.cuda.synchronize()
     mps = getattr(torch, "mps", None)
     if mps is not None and getattr(torch.backends, "mps", None) is not None \
@@ -796,15 +797,3 @@ def record_bench(
                                        t.gflops(flops) / peak_gflops, "fraction", **kw,
                                        peak_gflops=peak_gflops, key=key, **best, **common))
     return rows
-
-
-def timing_from_dict(data: dict) -> Timing:
-    """Rebuild a :class:`Timing` from ``Timing.to_dict()``-like data that carries ``times``
-    (used to pass timings between processes)."""
-    return Timing(times=tuple(float(t) for t in data["times"]), number=int(data["number"]),
-                  first_call=float(data["first_call"]), warmup=int(data["warmup"]))
-
-
-def timing_to_json(t: Timing) -> dict:
-    """A :class:`Timing` as plain JSON data, including the raw ``times``."""
-    return {**asdict(t), "times": list(t.times)}
