@@ -24,10 +24,9 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import re
 import sys
 from pathlib import Path
-
-import re
 
 import nbformat
 
