@@ -50,7 +50,7 @@ lint: $(STAMP)
 lock:
 	rm -rf build/lockenv && $(PYTHON) -m venv build/lockenv
 	build/lockenv/bin/pip install --quiet --upgrade "pip>=24"
-	build/lockenv/bin/pip install --quiet $(FIND_LINKS) "torch==2.13.0" -e ".[frameworks,dev,instructor]"
+	build/lockenv/bin/pip install --quiet $(FIND_LINKS) "torch==2.13.0" -e ".[frameworks,export,site,dev,instructor]"
 	{ echo "# Exact versions CI and 'make' install (Python 3.11, CPU builds). Regenerate with: make lock"; \
 	  build/lockenv/bin/pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > requirements.lock.tmp
 	mv requirements.lock.tmp requirements.lock

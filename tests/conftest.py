@@ -19,6 +19,8 @@ def _results_in_tmp(tmp_path, monkeypatch, request):
 # one notebook (nbval) stay together on one worker, as do the tests of one module (or class);
 # the slow lesson re-runs of test_lesson_variants.py each get their own group, so that they are
 # spread over the workers instead of running one after another.
+# tryfirst: xdist's own hook turns the markers into node-id suffixes, so ours must run before it.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("xdist_group"):
@@ -26,8 +28,23 @@ def pytest_collection_modifyitems(config, items):
         if item.path.name == "test_lesson_variants.py":
             group = item.nodeid
         elif item.path.suffix == ".ipynb":
-            group = str(item.path)
+            group = "nb-" + item.path.stem
         else:
             cls = getattr(item, "cls", None)
             group = f"{item.path}::{cls.__name__}" if cls else str(item.path)
         item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_collection_finish(session):
+    """Fail loudly if xdist did not apply the groups (a notebook split over workers fails
+    cell by cell with NameErrors: seen with pytest 9.x and xdist 3.8, whose suffix pytest 9
+    ignores)."""
+    if not getattr(session.config.option, "loadgroup", False):
+        return
+    ungrouped = [item.nodeid for item in session.items if "@" not in item.nodeid]
+    if ungrouped:
+        raise pytest.UsageError(
+            f"pytest-xdist did not apply --dist loadgroup to {len(ungrouped)} tests (e.g. "
+            f"{ungrouped[0]}): the cells of one notebook would run on different workers. "
+            f"Install the versions in requirements.lock (pytest {pytest.__version__} is "
+            "installed; the course needs pytest<9 with pytest-xdist 3.8).")
