@@ -13,7 +13,7 @@ JOBS ?= 2
 # The CPU build of torch 2.13.0 lies in /opt/wheels on the course machines; elsewhere pip finds it on PyPI.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: course test lab lint env lock clean
+.PHONY: course test lab lint env lock clean browser
 
 env: $(STAMP)
 
@@ -30,9 +30,16 @@ $(STAMP): requirements.lock pyproject.toml
 course: $(STAMP)
 	$(PY) -m course_lib course --profile $(PROFILE) $(if $(LESSONS),--lessons $(LESSONS),)
 
+# Debian's chromium for the site's browser test (tests/test_site_browser.py): installed with
+# apt-get when missing (sudo when not root). COURSE_SKIP_BROWSER=1 skips the install and the test.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser:
+	@if [ "$$COURSE_SKIP_BROWSER" = 1 ]; then echo "COURSE_SKIP_BROWSER=1: no chromium, the browser test is skipped"; \
+	else command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }; fi
+
 # Unit tests and every lesson (nbval, smoke profile) in parallel; lesson results go to
 # build/test-results so that they never mix with a `make course` run's.
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m ruff check course_lib tests notebooks tools
 	rm -rf build/test-results
 	COURSE_PROFILE=smoke COURSE_RESULTS_DIR=$(CURDIR)/build/test-results \

@@ -3,8 +3,10 @@
 Outputs (under ``--out``, default ``build/``):
 - ``notebooks/``: the executed notebooks (written even when a lesson fails, with its error);
 - ``results/``: the records the lessons made (see :mod:`course_lib.results`);
-- ``site/index.html``: the executed lessons as HTML, an index linking them, and a summary
-  table of the recorded results.
+- ``site/``: the course website (Sphinx, MyST-NB, sphinx-book-theme; static, offline, works
+  from the file system): the executed lessons in order, a front page with each lesson's status
+  and key results, lesson 12's decision matrix and the recorded results, and the pages of
+  ``docs/`` (instructors). See :func:`build_site`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ import dataclasses
 import html
 import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -96,68 +101,323 @@ def key_results(frame, lesson: str, limit: int = 3) -> str:
     return "; ".join(parts)
 
 
-def build_site(runs: list[LessonRun], site_dir: Path, results_dir: Path, profile: str) -> Path:
-    """Render each executed notebook to HTML (nbconvert's lab template) and write
-    ``index.html`` linking them, with the summary of recorded results. Files are written to a
-    temporary name and renamed, so a failure leaves no half-written page."""
-    import nbformat
-    from nbconvert import HTMLExporter
+SITE_FILES = Path(__file__).with_name("site")  # conf.py and _static/ of the Sphinx site
+COLAB_URL = re.compile(r"https://colab\.research\.google\.com/github/(?P<owner>[\w.-]+)/"
+                       r"(?P<repo>[\w.-]+)/blob/(?P<ref>[^/\s)\"']+)/notebooks/[^\s)\"']+")
+# Badge images the notebooks may load from the web; the site carries its own copies, so that
+# it works offline (behind a firewall, from the file system).
+_REMOTE_BADGES = (
+    (re.compile(r"https?://colab\.research\.google\.com/assets/colab-badge\.svg"),
+     "_static/colab-badge.svg"),
+    (re.compile(r"https?://(?:static\.)?mybinder\.org/badge(?:_logo)?\.svg"),
+     "_static/binder-badge.svg"),
+    (re.compile(r"https?://img\.shields\.io/badge/[^\s)\"']*colab[^\s)\"']*", re.I),
+     "_static/colab-badge.svg"),
+    (re.compile(r"https?://img\.shields\.io/badge/[^\s)\"']*binder[^\s)\"']*", re.I),
+     "_static/binder-badge.svg"),
+)
+FRONT_PAGE_TAG = "front-page"
+DECISION_LESSON = "12"
 
-    site_dir.mkdir(parents=True, exist_ok=True)
-    exporter = HTMLExporter(template_name="lab")
-    links = []
-    for run in runs:
-        page = f"{run.name}.html"
-        if run.output and run.output.is_file():
-            body, _ = exporter.from_notebook_node(nbformat.read(run.output, as_version=4))
-            _write_atomic(site_dir / page, body)
-        else:
-            page = ""
-        links.append((run, page))
-    frame = _results.read_results(results_dir)
-    table = _results.summary(frame)
-    rows = "\n".join(
-        f"<tr><td>{html.escape(run.lesson)}</td>"
-        f"<td>{f'<a href={html.escape(page)!r}>{html.escape(run.name)}</a>' if page else html.escape(run.name)}</td>"
-        f"<td class={run.status}>{run.status}</td><td>{run.seconds:.1f} s</td>"
-        f"<td>{html.escape(run.error or key_results(frame, run.lesson))}</td></tr>"
-        for run, page in links
-    )
-    index = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<title>Choosing and using ML frameworks: the course</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; }}
-table {{ border-collapse: collapse; font-size: 0.9em; }}
-td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }}
-.ok {{ color: #060; }} .failed {{ color: #a00; font-weight: bold; }}
-</style></head><body>
-<h1>Choosing and using ML frameworks</h1>
-<p>Executed with the <code>{html.escape(profile)}</code> profile on
-<b>{html.escape(runtime.device_description())}</b>.</p>
-<h2>Lessons</h2>
-<table><tr><th>#</th><th>lesson</th><th>status</th><th>time</th><th>key results / error</th></tr>
-{rows}
-</table>
-<h2>Recorded results ({len(frame)} records)</h2>
-{table.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)}
-</body></html>
-"""
-    _write_atomic(site_dir / "index.html", index)
+
+class SiteError(RuntimeError):
+    """The site could not be built (Sphinx failed); the previous ``build/site`` is untouched."""
+
+
+def build_site(runs: list[LessonRun], site_dir: Path, results_dir: Path, profile: str, *,
+               docs_dir: Path | None = None, timeout_s: float = 600) -> Path:
+    """Build the course website into ``site_dir`` with Sphinx, MyST-NB and sphinx-book-theme,
+    and return the path of its ``index.html``.
+
+    Pages: the front page (the lessons with status, time and key results or error; the
+    decision matrix, i.e. the outputs of the cells tagged ``front-page`` in the executed
+    lesson 12; the summary of the records in ``results_dir``; the Binder badge), one page per
+    executed notebook in ``runs`` (lesson order, with previous/next links; a failed lesson's
+    page shows its notebook up to the failure under a warning; a lesson with no executed
+    notebook is listed as failed), and one page per Markdown file in ``docs_dir`` (default:
+    ``docs/`` next to the lessons' folder; ``instructors.md`` first). The notebooks are
+    rendered as executed (``nb_execution_mode = "off"``); nothing is fetched from the network.
+    The site has relative links only and needs no server.
+
+    Sphinx writes into a temporary folder next to ``site_dir``, which replaces ``site_dir``
+    only when the build succeeded. Raises :class:`SiteError` (with Sphinx's messages) when it
+    fails or runs longer than ``timeout_s`` seconds; ``site_dir`` is then left as it was.
+    Sphinx's warnings are printed to stderr; its other output is silenced.
+    """
+    site_dir = Path(site_dir).resolve()
+    site_dir.parent.mkdir(parents=True, exist_ok=True)
+    if docs_dir is None:
+        outputs = [r.output for r in runs if r.output is not None]
+        docs_dir = outputs[0].parent.parent / "docs" if outputs else None
+    work = Path(tempfile.mkdtemp(prefix=f".{site_dir.name}-build-", dir=site_dir.parent))
+    try:
+        src, html_dir = work / "src", work / "html"
+        write_site_sources(runs, src, results_dir, profile, docs_dir=docs_dir)
+        _run_sphinx(src, html_dir, work / "doctrees", timeout_s)
+        if not (html_dir / "index.html").is_file():
+            raise SiteError(f"Sphinx wrote no index.html in {html_dir}")
+        if site_dir.exists():
+            os.replace(site_dir, work / "previous")
+        os.replace(html_dir, site_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return site_dir / "index.html"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def _run_sphinx(src: Path, out: Path, doctrees: Path, timeout_s: float) -> None:
+    cmd = [sys.executable, "-m", "sphinx", "-b", "html", "-q", "-j", "auto", "-d",
+           str(doctrees), str(src), str(out)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env,
+                              cwd=src)
+    except subprocess.TimeoutExpired as exc:
+        raise SiteError(f"Sphinx ran longer than {timeout_s:.0f} s") from exc
+    if proc.stderr.strip():
+        print(proc.stderr.rstrip(), file=sys.stderr, flush=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr + proc.stdout).strip().splitlines()[-15:])
+        raise SiteError(f"Sphinx failed (exit status {proc.returncode}):\n{tail}")
+
+
+def write_site_sources(runs: list[LessonRun], src: Path, results_dir: Path, profile: str, *,
+                       docs_dir: Path | None = None) -> list[str]:
+    """Write the Sphinx sources of the site into the new folder ``src``: ``conf.py`` and
+    ``_static/`` (from ``course_lib/site``), the executed notebooks (remote badge images
+    replaced by local copies; a failed lesson gets a warning cell after its title), the
+    Markdown pages of ``docs_dir`` and the front page ``index.ipynb``. Returns the document
+    names in navigation order (lessons first)."""
+    import nbformat
+
+    shutil.copytree(SITE_FILES, src, ignore=shutil.ignore_patterns("__pycache__"))
+    pages: dict[str, str] = {}  # lesson -> document name
+    colab: dict[str, str] = {}  # lesson -> "Open in Colab" url
+    titles: dict[str, str] = {}  # lesson -> title of its first heading
+    for run in runs:
+        if not (run.output and Path(run.output).is_file()):
+            continue
+        nb = nbformat.read(run.output, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "markdown":
+                heading = re.search(r"^# +(.+)$", cell.source, re.M)
+                if heading and run.lesson not in titles:
+                    titles[run.lesson] = re.sub(r"^\d\d\s*[·:.-]\s*", "", heading.group(1)).strip()
+                found = COLAB_URL.search(cell.source)
+                if found and run.lesson not in colab:
+                    colab[run.lesson] = found.group(0)
+                cell.source = _local_badges(cell.source)
+        if run.status != "ok":
+            _insert_failure_note(nb, run)
+        nbformat.write(nb, src / f"{run.name}.ipynb")
+        pages[run.lesson] = run.name
+    docs = []
+    if docs_dir is not None and Path(docs_dir).is_dir():
+        names = sorted(Path(docs_dir).glob("*.md"), key=lambda p: (p.stem != "instructors", p.name))
+        for path in names:
+            if path.stem == "index" or path.stem in pages.values():
+                continue
+            (src / path.name).write_text(_local_badges(path.read_text(encoding="utf-8")),
+                                         encoding="utf-8")
+            docs.append(path.stem)
+    index = front_page(runs, pages, colab, results_dir, profile, docs, titles)
+    nbformat.write(index, src / "index.ipynb")
+    return list(dict.fromkeys(pages[r.lesson] for r in runs if r.lesson in pages)) + docs
+
+
+def _local_badges(text: str) -> str:
+    for pattern, local in _REMOTE_BADGES:
+        text = pattern.sub(local, text)
+    return text
+
+
+def _insert_failure_note(nb, run: LessonRun) -> None:
+    """Replace papermill's red error banners (raw HTML whose link points nowhere on the site)
+    by a warning after the title and a note before the cell that failed."""
+    import nbformat
+
+    nb.cells = [c for c in nb.cells
+                if "papermill-error-cell-tag" not in c.get("metadata", {}).get("tags", [])]
+    note = nbformat.v4.new_markdown_cell(
+        "````{warning}\nThis lesson **failed** in this run of the course, after "
+        f"{run.seconds:.0f} s; the page shows the notebook up to the failure.\n\n"
+        f"```text\n{run.error or 'no executed notebook'}\n```\n````")
+    failing = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code"
+                    and any(o.get("output_type") == "error" for o in c.get("outputs", []))), None)
+    if failing is not None:
+        nb.cells.insert(failing, nbformat.v4.new_markdown_cell(
+            "```{error}\nThe lesson stopped at the next cell: the cells after it did not run.\n```"))
+    first = next((i for i, c in enumerate(nb.cells) if c.cell_type == "markdown"
+                  and c.source.lstrip().startswith("# ")), -1)
+    nb.cells.insert(first + 1, note)
+
+
+def _hardware(frame) -> list[str]:
+    if frame.empty or "device" not in frame.columns:
+        return []
+    return sorted({str(d) for d in frame["device"].dropna() if str(d)})
+
+
+def front_page(runs: list[LessonRun], pages: dict[str, str], colab: dict[str, str],
+               results_dir: Path, profile: str, docs: list[str],
+               titles: dict[str, str] | None = None):
+    """The front page as a notebook (rendered by MyST-NB like the lessons): introduction,
+    badges, the lessons table, the decision matrix of lesson 12, the recorded results and the
+    (hidden) navigation trees. ``pages`` maps lesson ids to document names, ``colab`` lesson
+    ids to their "Open in Colab" links, ``titles`` lesson ids to their titles; ``docs`` are
+    the extra pages (instructors first)."""
+    import nbformat
+
+    frame = _results.read_results(results_dir)
+    md = nbformat.v4.new_markdown_cell
+    cells = []
+    binder = _binder_url(colab)
+    badges = ""
+    if binder:
+        badges = f"\n\n[![launch binder](_static/binder-badge.svg)]({binder})"
+    devices = _hardware(frame)
+    hardware = (", ".join(f"**{d}**" for d in devices) if devices
+                else f"**{runtime.device_description()}**")
+    instructors = ("\n\nFor instructors: [assigning and grading the exercises](instructors.md)."
+                   if "instructors" in docs else "")
+    cells.append(md(
+        "# Choosing and using ML frameworks\n\n"
+        "A course that builds the same models in scikit-learn, Keras 3 (on TensorFlow, JAX and "
+        "PyTorch), PyTorch, JAX and TensorFlow, checks that they compute the same numbers, and "
+        "measures them side by side, so that the claims of framework comparisons are tested "
+        "rather than repeated. These pages are the lessons as they were executed in this run "
+        f"(the `{profile}` profile), with every figure they recorded; the results come from "
+        f"{hardware}. Each lesson opens in Colab from its badge; Binder runs the whole course "
+        f"in the browser.{badges}{instructors}"))
+    cells.append(md(_lessons_table(runs, pages, colab, frame, titles or {})))
+    cells.extend(_decision_matrix_cells(runs, pages))
+    cells.extend(_results_cells(frame))
+    toc = ["```{toctree}", ":hidden:", ":caption: Lessons", ""]
+    toc += list(dict.fromkeys(pages[r.lesson] for r in runs if r.lesson in pages))
+    toc += ["```"]
+    if docs:
+        toc += ["", "```{toctree}", ":hidden:", ":caption: Instructors and notes", "", *docs,
+                "```"]
+    cells.append(md("\n".join(toc)))
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    return nb
+
+
+def _binder_url(colab: dict[str, str]) -> str:
+    for url in colab.values():
+        m = COLAB_URL.match(url)
+        if m:
+            return (f"https://mybinder.org/v2/gh/{m['owner']}/{m['repo']}/{m['ref']}"
+                    "?urlpath=lab/tree/notebooks")
+    return ""
+
+
+def _cell_text(text: str) -> str:
+    """Text safe inside a Markdown table cell."""
+    return html.escape(" ".join(str(text).split())).replace("|", "&#124;")
+
+
+def _lessons_table(runs, pages, colab, frame, titles) -> str:
+    lines = ["## The lessons", "",
+             "| # | lesson | status | time | key results, or the error | |",
+             "|---|---|---|---|---|---|"]
+    for run in runs:
+        title = _cell_text(titles.get(run.lesson) or run.name[3:].replace("_", " "))
+        name = f"[{title}]({pages[run.lesson]}.ipynb)" if run.lesson in pages else title
+        status = f'<span class="course-{html.escape(run.status)}">{html.escape(run.status)}</span>'
+        if run.status != "ok" and run.lesson not in pages:
+            status += " (no page: the lesson did not produce a notebook)"
+        detail = _cell_text(run.error if run.error else key_results(frame, run.lesson))
+        link = (f"[![Open in Colab](_static/colab-badge.svg)]({colab[run.lesson]})"
+                if run.lesson in colab else "")
+        lines.append(f"| {run.lesson} | {name} | {status} | {run.seconds:.0f} s | {detail} | "
+                     f"{link} |")
+    return "\n".join(lines)
+
+
+def _decision_matrix_cells(runs, pages) -> list:
+    import nbformat
+
+    md = nbformat.v4.new_markdown_cell
+    head = "## The decision matrix\n\n"
+    run = next((r for r in runs if r.lesson == DECISION_LESSON), None)
+    if run is None:
+        return [md(head + '<p class="course-missing">Lesson 12 was not run in this build of '
+                   "the course, so there is no decision matrix here: run <code>make course"
+                   "</code> (all lessons) to build it from the recorded results.</p>")]
+    link = f"[lesson {run.lesson}]({pages[run.lesson]}.ipynb)" if run.lesson in pages else \
+        f"lesson {run.lesson}"
+    cells = []
+    if run.status != "ok":
+        shown_part = (f"\n\nWhat it showed before the failure follows; the whole notebook "
+                      f"is {link}." if run.lesson in pages else "")
+        cells.append(md(head + f'<p class="course-failed">Lesson 12 failed in this run: '
+                        f"{_cell_text(run.error)}</p>{shown_part}"))
+    else:
+        cells.append(md(head + f"From {link}, which reads every recorded result; change its "
+                        "weights in its `parameters` cell to rank the frameworks for your own "
+                        "priorities."))
+    shown = 0
+    if run.output and Path(run.output).is_file():
+        nb = nbformat.read(run.output, as_version=4)
+        for cell in nb.cells:
+            tags = cell.get("metadata", {}).get("tags", [])
+            if FRONT_PAGE_TAG not in tags:
+                continue
+            if cell.cell_type == "markdown":
+                cells.append(md(_local_badges(cell.source)))
+                shown += 1
+                continue
+            if cell.cell_type != "code":
+                continue
+            copy = nbformat.v4.new_code_cell(cell.source)
+            copy.outputs = [o for o in cell.get("outputs", []) if o.get("output_type") != "error"]
+            copy.metadata["tags"] = ["remove-input"]
+            cells.append(copy)
+            shown += 1
+    if not shown and run.lesson in pages:
+        cells.append(md('<p class="course-missing">Lesson 12 produced no cell tagged '
+                        "<code>front-page</code> in this run.</p>"))
+    return cells
+
+
+def _results_cells(frame) -> list:
+    import nbformat
+
+    md = nbformat.v4.new_markdown_cell
+    if frame.empty:
+        return [md("## Recorded results\n\n"
+                   '<p class="course-missing">No results were recorded in this run.</p>')]
+    table = _results.summary(frame)
+    keys = frame[frame["key"] == True] if "key" in frame.columns else frame.iloc[:0]  # noqa: E712
+    key_table = _results.summary(keys) if not keys.empty else None
+    fmt = {"float_format": lambda v: f"{v:.4g}", "border": 0, "index": False,
+           "classes": "course-results"}
+    lessons = sorted(set(frame["lesson"].astype(str)))
+    parts = [f"<p>{len(frame)} records from lesson{'s' if len(lessons) > 1 else ''} "
+             f"{', '.join(lessons)}; the newest of each kind is shown, with the hardware it "
+             f"was measured on: {html.escape(', '.join(_hardware(frame)) or 'not recorded')}."
+             "</p>"]
+    if key_table is not None:
+        parts.append("<p><b>Headline results</b> (recorded with <code>key=True</code>):</p>")
+        parts.append(key_table.to_html(**fmt))
+    parts.append(f'<details class="course-all-results"><summary>All {len(table)} results'
+                 f"</summary>{table.to_html(**fmt)}</details>")
+    out = nbformat.v4.new_code_cell("results.summary(results.read_results())")
+    out.metadata["tags"] = ["remove-input"]
+    out.outputs = [nbformat.v4.new_output("display_data", data={
+        "text/html": "\n".join(parts), "text/plain": table.to_string(index=False)})]
+    return [md("## Recorded results"), out]
 
 
 def run_course(notebooks_dir: Path, out: Path, *, profile: str, lessons=None,
                timeout_s: int | None = None, progress: bool | None = None) -> int:
     """Execute the lessons in order, print progress and a summary, build the site.
 
-    Returns the process exit status: 0 if every lesson ran, 1 if any failed. Raises
+    Returns the process exit status: 0 if every lesson ran and the site was built, 1 if any
+    lesson failed or the site could not be built (the previous site is then kept). Raises
     ValueError for an unknown profile or lesson number (before anything runs).
     """
     runtime.check_profile(profile)
@@ -183,7 +443,12 @@ def run_course(notebooks_dir: Path, out: Path, *, profile: str, lessons=None,
         runs.append(run)
         print(f"    {run.status} in {run.seconds:.1f} s" + (f": {run.error}" if run.error else ""),
               flush=True)
-    index = build_site(runs, site_dir, results_dir, profile)
+    site_error = ""
+    try:
+        index = build_site(runs, site_dir, results_dir, profile,
+                           docs_dir=Path(notebooks_dir).resolve().parent / "docs")
+    except SiteError as exc:  # the lessons ran: report them, then fail
+        site_error, index = str(exc), None
     frame = _results.read_results(results_dir)
     print("\nSummary")
     print(f"{'lesson':<34} {'status':<7} {'time':>8}  key results")
@@ -191,7 +456,11 @@ def run_course(notebooks_dir: Path, out: Path, *, profile: str, lessons=None,
         detail = run.error if run.error else key_results(frame, run.lesson)
         print(f"{run.name:<34} {run.status:<7} {run.seconds:>7.1f}s  {detail}")
     failed = [r for r in runs if r.status != "ok"]
+    site = index if index else f"NOT BUILT ({site_error.splitlines()[0]})"
     print(f"\n{len(runs) - len(failed)} passed, {len(failed)} failed in "
-          f"{time.perf_counter() - start:.0f} s. Site: {index}; results: {results_dir} "
+          f"{time.perf_counter() - start:.0f} s. Site: {site}; results: {results_dir} "
           f"({len(frame)} records); notebooks: {nb_dir}")
-    return 1 if failed else 0
+    if site_error:
+        print(f"The site could not be built; {site_dir} was left as it was.\n{site_error}",
+              file=sys.stderr)
+    return 1 if failed or site_error else 0
