@@ -1,11 +1,13 @@
 """Shared fixtures: every unit test writes results to its own temporary folder."""
 
 import os
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("COURSE_DECISION_RESULTS", str(Path(__file__).parent / "fixtures" / "results"))
 
 
 @pytest.fixture(autouse=True)
@@ -48,3 +50,74 @@ def pytest_collection_finish(session):
             f"{ungrouped[0]}): the cells of one notebook would run on different workers. "
             f"Install the versions in requirements.lock (pytest {pytest.__version__} is "
             "installed; the course needs pytest<9 with pytest-xdist 3.8).")
+
+
+# Binder gives a lesson about 2 GB (CURRICULUM section 8); the course keeps every lesson's
+# kernel under 1.5 GB in the smoke profile. The peak resident memory of each lesson's kernel
+# (VmHWM, read from /proc when nbval has run its last cell) is recorded as the lesson's
+# `peak_kernel_memory` (framework "python", mode "smoke"), and a lesson over the limit fails
+# that cell's teardown. Worker subprocesses a lesson starts (torchrun, per-backend scripts) are
+# not included: they run one at a time, after the kernel's own peak.
+KERNEL_MEMORY_LIMIT_MB = float(os.environ.get("COURSE_KERNEL_MEMORY_LIMIT_MB", 1536))
+
+
+def _kernel_peak_mb(notebook_item):
+    kernel = getattr(notebook_item, "kernel", None)
+    provisioner = getattr(getattr(kernel, "km", None), "provisioner", None)
+    pid = getattr(provisioner, "pid", None) or getattr(getattr(provisioner, "process", None),
+                                                       "pid", None)
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, TypeError, ValueError):
+        return None
+    return None
+
+
+class _KernelMemory:
+    """Registered as a plugin (below) because a conftest's per-test hooks only see the tests
+    under its own folder, and the notebooks are not under tests/."""
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(self, item, nextitem):
+        over = None
+        last_cell = item.path.suffix == ".ipynb" and (nextitem is None
+                                                       or nextitem.parent is not item.parent)
+        if last_cell and (peak := _kernel_peak_mb(item.parent)) is not None:
+            from course_lib import results
+
+            lesson = item.path.name[:2]
+            results.record(lesson, "peak_kernel_memory", round(peak, 1), "MB",
+                           framework="python", mode=os.environ.get("COURSE_PROFILE", "full"),
+                           limit_mb=KERNEL_MEMORY_LIMIT_MB, passed=peak <= KERNEL_MEMORY_LIMIT_MB)
+            if peak > KERNEL_MEMORY_LIMIT_MB:
+                over = (f"{item.path.name}: the kernel's peak memory was {peak:.0f} MB, over "
+                        f"the {KERNEL_MEMORY_LIMIT_MB} MB a lesson may use on Binder (import "
+                        "only the frameworks a section needs; free large arrays)")
+        outcome = yield
+        if over:
+            raise AssertionError(over)
+        return outcome
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(_KernelMemory(), "course-kernel-memory")
+
+
+def pytest_terminal_summary(terminalreporter):
+    folder = os.environ.get("COURSE_RESULTS_DIR")
+    if not folder or not os.path.isdir(folder):
+        return
+    from course_lib import results
+
+    frame = results.read_results(folder)
+    if frame.empty or "metric" not in frame:
+        return
+    peaks = frame[frame["metric"] == "peak_kernel_memory"].sort_values("lesson")
+    if peaks.empty:
+        return
+    terminalreporter.section("peak kernel memory per lesson (MB)")
+    for _, row in peaks.iterrows():
+        terminalreporter.write_line(f"{row['lesson']}: {row['value']:7.0f}")

@@ -8,6 +8,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from course_lib import colab
+
 ROOT = Path(__file__).resolve().parent.parent
 LESSONS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
@@ -21,13 +23,22 @@ def lesson(request):
     return request.param, nbformat.read(request.param, as_version=4)
 
 
-def test_first_code_cell_is_the_parameters_cell(lesson):
-    _, nb = lesson
+def test_first_code_cells_are_the_colab_setup_then_the_parameters(lesson):
+    path, nb = lesson
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
-    first_code = next(c for c in nb.cells if c.cell_type == "code")
-    assert "parameters" in first_code.metadata.get("tags", [])
-    assert re.search(r'^PROFILE = os\.environ\.get\("COURSE_PROFILE", "full"\)', first_code.source, re.M)
-    assert re.search(r"^SEED = \d+", first_code.source, re.M)
+    setup, params = [c for c in nb.cells if c.cell_type == "code"][:2]
+    assert setup.source == colab.setup_cell_source(path.name)
+    assert "parameters" in params.metadata.get("tags", [])
+    assert re.search(r'^PROFILE = os\.environ\.get\("COURSE_PROFILE", "full"\)', params.source, re.M)
+    assert re.search(r"^SEED = \d+", params.source, re.M)
+
+
+def test_badge_opens_this_very_notebook(lesson):
+    path, nb = lesson
+    badge = colab.find_badge(nb.cells[0].source)
+    assert badge is not None, f"{path.name}: no Open in Colab badge in the title cell"
+    assert badge == colab.badge_markdown(path.name)
+    assert badge.endswith(f"/blob/{colab.RELEASE_REF}/notebooks/{path.name})")
 
 
 def test_lesson_has_objectives_exercises_summary_and_links(lesson):

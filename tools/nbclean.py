@@ -30,8 +30,12 @@ from pathlib import Path
 
 import nbformat
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from course_lib import colab  # noqa: E402
+
 CHECK = "# NBVAL_CHECK_OUTPUT"
 KEEP_METADATA = {"tags", "nbgrader"}
+LESSON = re.compile(r"\d\d_[A-Za-z0-9_]+\.ipynb")
 POINTS = re.compile(r"^# points: (\d+(?:\.\d+)?)\s*$")
 
 
@@ -65,9 +69,13 @@ def nbgrader_metadata(nb) -> None:
                                          "schema_version": 3, "solution": False}
 
 
-def clean(nb):
-    """Return a stripped copy of ``nb`` (an nbformat NotebookNode)."""
+def clean(nb, name: str | None = None):
+    """Return a stripped copy of ``nb`` (an nbformat NotebookNode). With the lesson's file
+    ``name`` (``NN_name.ipynb``), the Colab badge and setup cell are written too
+    (``course_lib.colab.apply_to_notebook``)."""
     nb = copy.deepcopy(nb)
+    if name and LESSON.fullmatch(name):
+        colab.apply_to_notebook(nb, name)
     nb.metadata = {
         "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python",
                        "name": "python3"},
@@ -118,7 +126,7 @@ def main(argv=None) -> int:
     dirty = []
     for path in args.paths:
         nb = execute(path) if args.execute else nbformat.read(path, as_version=4)
-        cleaned = clean(nb)
+        cleaned = clean(nb, path.name)
         text = nbformat.writes(cleaned) + "\n"
         if args.check:
             if path.read_text(encoding="utf-8") != text:
