@@ -356,9 +356,10 @@ def test_lesson_12_reads_deployment_and_distributed_records(tmp_path, monkeypatc
     rec("11", "distributed_vs_single_max_abs_diff", 0.4, "abs", framework="jax",
         mode="pitfall-4", pitfall=True)
     text, _ = _run_lesson(tmp_path, monkeypatch, "with-10-11", RESULTS_DIR=str(folder))
-    assert "1 of 1 worked: torch.onnx.export (dynamo)" in text
-    assert "0 of 1 worked: none" in text  # jax's failed route counts as tried, not worked
-    assert "holds only for sklearn, torch: an ONNX route worked for sklearn, torch" in text
+    assert "worked: ONNX (torch.onnx.export (dynamo))" in text
+    assert "worked: none; failed: jax2onnx (cnn)" in text  # tried, failed, named, not counted
+    assert "holds only for sklearn, torch: an ONNX route worked for sklearn, torch (of jax, " \
+        "sklearn, torch)" in text
     assert "holds (mlp: int8 file x0.30 of float32, accuracy -0.2 points)" in text
     assert "holds in 0 of 1 cases (mlp batch 1: no)" in text
     assert "jax: shard_map" in text and "torch: ddp-gloo" in text
