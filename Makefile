@@ -35,7 +35,7 @@ course: $(STAMP)
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 browser:
 	@if [ "$$COURSE_SKIP_BROWSER" = 1 ]; then echo "COURSE_SKIP_BROWSER=1: no chromium, the browser test is skipped"; \
-	else command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }; fi
+	else command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }; fi
 
 # Unit tests and every lesson (nbval, smoke profile) in parallel; lesson results go to
 # build/test-results so that they never mix with a `make course` run's.

@@ -27,7 +27,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("xdist_group"):
             continue
-        if item.path.name == "test_lesson_variants.py":
+        if item.path.name in ("test_lesson_variants.py", "test_no_tensorflow.py"):
             group = item.nodeid
         elif item.path.suffix == ".ipynb":
             group = "nb-" + item.path.stem

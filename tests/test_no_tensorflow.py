@@ -1,0 +1,60 @@
+"""Lessons that do not need TensorFlow run where it is absent (Colab's TPU runtimes ship none).
+
+Each lesson runs with papermill (smoke profile) in a kernel where `import tensorflow` fails
+(tests/no_tensorflow/sitecustomize.py on PYTHONPATH). The lesson must finish, say what it
+skipped, and record no TensorFlow figure. The JAX and Keras-on-JAX lessons are the ones a TPU
+runtime is for; lessons 00 (setup) and 03 (PyTorch) run there too.
+"""
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NO_TF = Path(__file__).resolve().parent / "no_tensorflow"
+
+LESSONS = [  # (lesson file, extra environment, a phrase the lesson prints about the skip)
+    ("00_setup_and_hardware.ipynb", {}, "skips its TensorFlow parts"),
+    ("02_keras3_three_backends.ipynb", {"KERAS_BACKEND": "jax"}, "skipped, the framework is not installed"),
+    ("03_pytorch.ipynb", {}, None),
+    ("04_jax.ipynb", {}, None),
+]
+
+
+def test_the_simulation_hides_tensorflow(monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("PYTHONPATH", str(NO_TF))
+    proc = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode != 0 and "No module named 'tensorflow'" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lesson, env, phrase", LESSONS, ids=[x[0][:2] for x in LESSONS])
+def test_lesson_runs_without_tensorflow(lesson, env, phrase, tmp_path, monkeypatch):
+    import papermill
+
+    from course_lib import results
+
+    path = ROOT / "notebooks" / lesson
+    for key, value in {"COURSE_PROFILE": "smoke", "COURSE_RESULTS_DIR": str(tmp_path / "results"),
+                       "PYTHONPATH": os.pathsep.join(filter(None, [str(NO_TF),
+                                                                  os.environ.get("PYTHONPATH")])),
+                       **env}.items():
+        monkeypatch.setenv(key, value)
+    out = tmp_path / lesson
+    papermill.execute_notebook(str(path), str(out), cwd=str(path.parent), kernel_name="python3",
+                               progress_bar=False, execution_timeout=600)
+    text = "\n".join(str(o.get("text", "")) for c in nbformat.read(out, as_version=4).cells
+                     if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "tensorflow" not in text.lower() or phrase is not None
+    if phrase:
+        assert phrase in text
+    frame = results.read_results(tmp_path / "results")
+    assert not frame.empty
+    assert "tensorflow" not in set(frame["framework"].dropna())
+    assert "tensorflow" not in set(frame["backend"].dropna())
