@@ -371,7 +371,17 @@ def _kernel_env(sandbox: Path, hook_dir: Path, log: Path, deny_read: list, profi
         "GRADER_ALLOW_WRITE": os.pathsep.join([os.devnull, "/dev/shm"]),
         "GRADER_DENY_READ": os.pathsep.join(str(p) for p in deny_read),
         "GRADER_LOG": str(log),
+        # Framework caches inside the sandbox too. An inherited path would make the kernel
+        # write outside it, which the hook refuses and reports as tampering: torch's first
+        # torch.compile in the grader's own process sets TORCHINDUCTOR_CACHE_DIR=/tmp/... in
+        # os.environ (seen in the test suite), and an instructor's shell may set others.
+        "TORCHINDUCTOR_CACHE_DIR": str(sandbox / ".cache" / "torchinductor"),
+        "TRITON_CACHE_DIR": str(sandbox / ".cache" / "triton"),
+        "TORCH_HOME": str(sandbox / ".cache" / "torch"),
+        "KERAS_HOME": str(sandbox / ".keras"),
     })
+    for name in ("JAX_COMPILATION_CACHE_DIR", "TF_XLA_FLAGS", "XLA_FLAGS", "CUDA_CACHE_PATH"):
+        env.pop(name, None)  # may name folders outside the sandbox (dumps, caches)
     try:
         env["COURSE_DATA_DIR"] = str(data.data_dir())
     except Exception:  # noqa: BLE001 - no shipped data folder: the lessons do without

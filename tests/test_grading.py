@@ -348,6 +348,22 @@ def test_missing_and_unreadable_submissions_get_a_row_and_a_reason(tmp_path):
 
 
 @pytest.mark.slow
+def test_kernel_caches_stay_in_the_sandbox_whatever_the_grader_inherited(tmp_path, monkeypatch):
+    """torch's first torch.compile sets TORCHINDUCTOR_CACHE_DIR=/tmp/... in the grader's own
+    environment; a kernel inheriting it wrote there and was reported as tampering."""
+    from course_lib import grading_run
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/torchinductor_elsewhere")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/tmp/jax_cache_elsewhere")
+    sandbox = tmp_path / "work"
+    env = grading_run._kernel_env(sandbox, tmp_path / "hook", tmp_path / "refused.log", [],
+                                  "smoke")
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "TORCH_HOME", "KERAS_HOME",
+                 "HOME", "TMPDIR", "XDG_CACHE_HOME"):
+        assert Path(env[name]).is_relative_to(sandbox), (name, env[name])
+    assert "JAX_COMPILATION_CACHE_DIR" not in env
+
+
 class TestTinyClass:
     """The tiny lesson graded for a class with every kind of problem (kernels start fast)."""
 
