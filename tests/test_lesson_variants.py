@@ -25,6 +25,7 @@ VARIANTS = [
     ("07_sequence_models.ipynb", {"SEED": 3, "HEADS": 4, "CONTEXT": 24},
      {"KERAS_BACKEND": "tensorflow"}),
     ("07_sequence_models.ipynb", {"SEED": 5, "D_MODEL": 48, "HEADS": 3}, {"KERAS_BACKEND": "torch"}),
+    ("08_debugging.ipynb", {"SEED": 3}, {}),
 ]
 
 
