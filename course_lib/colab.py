@@ -82,6 +82,20 @@ def colab_url(notebook: str, *, repo: str = GITHUB_REPO, ref: str = RELEASE_REF)
             f"{urllib.parse.quote(ref)}/notebooks/{name}")
 
 
+#: Matches a :func:`colab_url` (of any repository and ref) and names its parts.
+COLAB_URL = re.compile(r"https://colab\.research\.google\.com/github/(?P<owner>[\w.-]+)/"
+                       r"(?P<repo>[\w.-]+)/blob/(?P<ref>[^/\s)\"']+)/notebooks/[^\s)\"']+")
+
+
+def binder_url_for(colab_link: str) -> str | None:
+    """The :func:`binder_url` of the repository and ref a :func:`colab_url` points at (None
+    for a text that is not one), so that a page's Binder badge opens what its Colab badges do."""
+    match = COLAB_URL.match(colab_link)
+    if match is None:
+        return None
+    return binder_url(repo=f"{match['owner']}/{match['repo']}", ref=urllib.parse.unquote(match["ref"]))
+
+
 def badge_markdown(notebook: str, *, repo: str = GITHUB_REPO, ref: str = RELEASE_REF) -> str:
     """The Markdown of the "Open in Colab" badge for ``notebook`` (see :func:`colab_url`)."""
     return f"[![Open In Colab]({BADGE_IMAGE})]({colab_url(notebook, repo=repo, ref=ref)})"
@@ -214,12 +228,12 @@ def fetch_data(*, repo: str = GITHUB_REPO, ref: str = RELEASE_REF,
         raise data.DataError(f"could not read the course's data manifest at {url}: {exc}. "
                              "Check the runtime's network connection and run the cell "
                              "again.") from None
-    tmp = folder / f".MANIFEST.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     for name in names if names is not None else sorted(manifest):
         data.fetch(raw_url(f"data/{name}", repo=repo, ref=ref, base_url=base_url),
                    manifest[name]["sha256"], fname=name, folder=folder)
-    os.replace(tmp, folder / "MANIFEST.json")  # last: the folder is complete
+    tmp = folder / f".MANIFEST.json.{os.getpid()}.tmp"  # last: the folder is complete
+    tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    os.replace(tmp, folder / "MANIFEST.json")
     return folder
 
 

@@ -23,6 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
+from course_lib import colab as colab_links
 from course_lib import results as _results
 from course_lib import runtime
 
@@ -102,8 +103,6 @@ def key_results(frame, lesson: str, limit: int = 3) -> str:
 
 
 SITE_FILES = Path(__file__).with_name("site")  # conf.py and _static/ of the Sphinx site
-COLAB_URL = re.compile(r"https://colab\.research\.google\.com/github/(?P<owner>[\w.-]+)/"
-                       r"(?P<repo>[\w.-]+)/blob/(?P<ref>[^/\s)\"']+)/notebooks/[^\s)\"']+")
 # Badge images the notebooks may load from the web; the site carries its own copies, so that
 # it works offline (behind a firewall, from the file system).
 _REMOTE_BADGES = (
@@ -202,7 +201,7 @@ def write_site_sources(runs: list[LessonRun], src: Path, results_dir: Path, prof
                 heading = re.search(r"^# +(.+)$", cell.source, re.M)
                 if heading and run.lesson not in titles:
                     titles[run.lesson] = re.sub(r"^\d\d\s*[·:.-]\s*", "", heading.group(1)).strip()
-                found = COLAB_URL.search(cell.source)
+                found = colab_links.COLAB_URL.search(cell.source)
                 if found and run.lesson not in colab:
                     colab[run.lesson] = found.group(0)
                 cell.source = _local_badges(cell.source)
@@ -306,12 +305,7 @@ def front_page(runs: list[LessonRun], pages: dict[str, str], colab: dict[str, st
 
 
 def _binder_url(colab: dict[str, str]) -> str:
-    for url in colab.values():
-        m = COLAB_URL.match(url)
-        if m:
-            return (f"https://mybinder.org/v2/gh/{m['owner']}/{m['repo']}/{m['ref']}"
-                    "?urlpath=lab/tree/notebooks")
-    return ""
+    return next(filter(None, map(colab_links.binder_url_for, colab.values())), "")
 
 
 def _cell_text(text: str) -> str:

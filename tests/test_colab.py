@@ -155,6 +155,7 @@ def test_fetch_data_with_a_corrupted_file_leaves_no_manifest(data_server, tmp_pa
         colab.fetch_data(base_url=base_url, folder=tmp_path / "cache")
     assert not (tmp_path / "cache" / "MANIFEST.json").exists()
     assert not (tmp_path / "cache" / name).exists()
+    assert not list((tmp_path / "cache").glob(".*tmp")), "a temporary file was left behind"
 
 
 def test_fetch_data_without_a_manifest_says_what_to_do(data_server, tmp_path):
@@ -196,3 +197,24 @@ def test_colab_table_matches_the_curriculum():
                  "flax": "Flax", "scikit-learn": "scikit-learn", "numpy": "NumPy",
                  "python": "Python"}[name]
         assert f"{label} {version}" in section, f"CURRICULUM section 8 no longer says {label} {version}"
+
+
+def test_lesson_packages_use_the_ranges_of_pyproject():
+    """LESSON_PACKAGES repeats ranges of pyproject.toml (Colab installs them without the
+    repository's pyproject): they must not drift apart."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    declared = {}  # name -> specifier; "xgboost-cpu" (the lock's CPU build) also as "xgboost"
+    for text in [*project["dependencies"], *(r for group in project["optional-dependencies"]
+                                            .values() for r in group)]:
+        req = Requirement(text)
+        declared[req.name.lower()] = declared[req.name.lower().removesuffix("-cpu")] = req.specifier
+    for lesson, wanted in colab.LESSON_PACKAGES.items():
+        for text in wanted:
+            req = Requirement(text)
+            assert declared.get(req.name.lower()) == req.specifier, (lesson, text)
+
+
+def test_binder_url_follows_the_colab_links():
+    link = colab.colab_url("03_pytorch.ipynb", repo="someone/course", ref="v2")
+    assert colab.binder_url_for(link) == colab.binder_url(repo="someone/course", ref="v2")
+    assert colab.binder_url_for("https://example.org/x") is None
