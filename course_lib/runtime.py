@@ -238,3 +238,61 @@ def seed_everything(seed: int, frameworks=("torch", "tensorflow", "jax")):
     if "keras" in sys.modules:
         sys.modules["keras"].utils.set_random_seed(seed)
     return key
+
+
+def importable(name: str) -> bool:
+    """Whether ``import name`` would find a module, without importing it.
+
+    Uses :func:`importlib.util.find_spec` on the top-level package, so it costs milliseconds
+    where importing TensorFlow costs seconds and about 0.6 GB. On a Colab TPU runtime
+    ``importable("tensorflow")`` is False (those runtimes ship no TensorFlow). A package that is
+    found but broken still fails when imported.
+
+    Args:
+        name: an import name such as ``"tensorflow"``, ``"torch"``, ``"jax"``.
+
+    Raises:
+        ValueError: an empty name or one with a dot (``"tensorflow.keras"``): pass the
+            top-level package.
+    """
+    import importlib.util
+
+    if not isinstance(name, str) or not name or "." in name:
+        raise ValueError(f"importable() takes a top-level package name such as 'tensorflow', "
+                         f"got {name!r}")
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a broken or half-removed install
+        return False
+
+
+def skip_remaining_cells(reason: str) -> None:
+    """Make every later cell of this notebook print ``skipped: <reason>`` instead of running.
+
+    For a lesson that cannot run at all here (lesson 05 is TensorFlow, and Colab's TPU
+    runtimes ship no TensorFlow): the notebook then finishes, every cell says why it did
+    nothing, and nothing is recorded. It registers an IPython input transformer in this
+    kernel; restarting the kernel removes it. Calling it again replaces the reason.
+
+    Raises:
+        RuntimeError: outside an IPython/Jupyter kernel (a script should just stop).
+        ValueError: an empty reason.
+    """
+    if not isinstance(reason, str) or not reason.strip():
+        raise ValueError("skip_remaining_cells() needs a reason that tells the reader what to do")
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        get_ipython = None
+    shell = get_ipython() if get_ipython else None
+    if shell is None:
+        raise RuntimeError("skip_remaining_cells() works in a Jupyter or IPython kernel only")
+    line = f"print({'skipped: ' + reason.strip()!r})\n"
+
+    def _skip(lines):
+        return [line]
+
+    _skip.course_skip = True
+    transformers = shell.input_transformers_cleanup
+    transformers[:] = [t for t in transformers if not getattr(t, "course_skip", False)]
+    transformers.append(_skip)

@@ -116,3 +116,53 @@ def test_accelerators_reports_a_missing_framework_instead_of_raising(monkeypatch
 def test_accelerators_rejects_unknown_framework():
     with pytest.raises(ValueError, match="unknown framework 'mxnet'"):
         runtime.accelerators(("mxnet",))
+
+
+def test_importable_finds_without_importing_and_sees_the_no_tensorflow_simulation():
+    from pathlib import Path
+
+    code = ("import sys, course_lib.runtime as r; "
+            "print(r.importable('torch'), r.importable('tensorflow'), r.importable('no_such_pkg_x'), "
+            "'torch' in sys.modules, 'tensorflow' in sys.modules)")
+    plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True)
+    assert plain.stdout.split() == ["True", "True", "False", "False", "False"]
+    hidden = Path(__file__).parent / "no_tensorflow"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hidden), os.environ.get("PYTHONPATH", "")])}
+    without = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True, env=env)
+    assert without.stdout.split() == ["True", "False", "False", "False", "False"]
+
+
+@pytest.mark.parametrize("bad", ["", "tensorflow.keras", None])
+def test_importable_rejects_dotted_or_empty_names(bad):
+    with pytest.raises(ValueError, match="top-level package"):
+        runtime.importable(bad)
+
+
+def test_skip_remaining_cells_replaces_later_cells_with_the_reason(capsys):
+    from IPython.testing.globalipapp import start_ipython
+
+    shell = start_ipython()
+    try:
+        runtime.skip_remaining_cells("TensorFlow is absent: switch the runtime")
+        result = shell.run_cell("raise RuntimeError('this cell must not run')")
+        assert result.error_in_exec is None and result.success
+        runtime.skip_remaining_cells("second reason")
+        shell.run_cell("1 / 0")
+        out = capsys.readouterr().out
+        assert "skipped: TensorFlow is absent: switch the runtime" in out
+        assert "skipped: second reason" in out
+        assert sum(getattr(t, "course_skip", False) for t in shell.input_transformers_cleanup) == 1
+    finally:
+        shell.input_transformers_cleanup[:] = [
+            t for t in shell.input_transformers_cleanup if not getattr(t, "course_skip", False)]
+    assert shell.run_cell("value = 6 * 7").success and shell.user_ns["value"] == 42
+
+
+def test_skip_remaining_cells_needs_a_kernel_and_a_reason():
+    with pytest.raises(ValueError, match="reason"):
+        runtime.skip_remaining_cells("  ")
+    code = "import course_lib.runtime as r; r.skip_remaining_cells('x')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode != 0 and "Jupyter or IPython kernel only" in proc.stderr
