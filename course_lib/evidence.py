@@ -404,9 +404,12 @@ def _code_cells(notebook: str | os.PathLike) -> list[str]:
 
 def _definitions(notebook):
     """Top-level ``def``/``class`` statements of the notebook's code cells, in order:
-    name -> (node, source lines of the cell). Cells that do not parse (magics) are skipped."""
+    name -> (node, source lines of the cell). A ``%%writefile`` cell counts as the script it
+    writes; other cells that do not parse (magics) are skipped."""
     found = {}
     for source in _code_cells(notebook):
+        if source.startswith("%%writefile"):  # a worker script shown in the notebook (lesson 06)
+            source = source.partition("\n")[2]
         try:
             tree = ast.parse(source)
         except SyntaxError:

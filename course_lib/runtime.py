@@ -201,7 +201,9 @@ def seed_everything(seed: int, frameworks=("torch", "tensorflow", "jax")):
     """Seed Python's ``random``, NumPy's global generator, and each named framework.
 
     Frameworks that are not installed are skipped. Keras, if already imported, is seeded with
-    ``keras.utils.set_random_seed`` (which seeds its backend). Note: seeding makes runs
+    ``keras.utils.set_random_seed`` (which seeds its backend); that function also imports
+    TensorFlow to seed it, which is prevented when ``"tensorflow"`` is not named (a kernel
+    that never uses TensorFlow keeps about 0.6 GB free). Note: seeding makes runs
     repeatable on one machine; it does not make different frameworks draw the same random
     numbers (their generators differ), which is why the course makes initial weights once in
     NumPy. Imports the named frameworks.
@@ -236,8 +238,27 @@ def seed_everything(seed: int, frameworks=("torch", "tensorflow", "jax")):
         elif name == "jax":
             key = module.random.key(seed)
     if "keras" in sys.modules:
-        sys.modules["keras"].utils.set_random_seed(seed)
+        if "tensorflow" in frameworks or "tensorflow" in sys.modules:
+            sys.modules["keras"].utils.set_random_seed(seed)
+        else:
+            _seed_keras_without_tensorflow(sys.modules["keras"], seed)
     return key
+
+
+def _seed_keras_without_tensorflow(keras, seed: int) -> None:
+    """``keras.utils.set_random_seed`` also seeds TensorFlow, and so imports it (about 0.6 GB
+    and seconds) wherever it is installed, whatever the backend. When the caller did not name
+    TensorFlow, that import is blocked for the call; Keras's cached "TensorFlow is absent"
+    answer is then forgotten, so a later ``import tensorflow`` works with Keras as usual."""
+    sys.modules["tensorflow"] = None  # `import tensorflow` raises ImportError while this is set
+    try:
+        keras.utils.set_random_seed(seed)
+    finally:
+        if "tensorflow" in sys.modules and sys.modules["tensorflow"] is None:
+            del sys.modules["tensorflow"]
+        lazy = getattr(sys.modules.get("keras.src.utils.module_utils"), "tensorflow", None)
+        if getattr(lazy, "_available", None) is False:  # Keras's LazyModule cache
+            lazy._available = None
 
 
 def importable(name: str) -> bool:

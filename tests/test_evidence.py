@@ -364,3 +364,16 @@ def test_lesson_12_reads_deployment_and_distributed_records(tmp_path, monkeypatc
     assert "holds in 0 of 1 cases (mlp batch 1: no)" in text
     assert "jax: shard_map" in text and "torch: ddp-gloo" in text
     assert "pitfall" not in text.split("Every major framework trains data-parallel")[-1][:300]
+
+
+def test_count_model_lines_reads_writefile_cells(tmp_path):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("%%writefile {SCRATCH}/w.py\nimport tensorflow as tf\n\n\n"
+                                          "class TFNet(tf.Module):\n    def __call__(self, x):\n"
+                                          "        return x\n"),
+                nbformat.v4.new_code_cell("%timeit 1 + 1")]
+    nbformat.write(nb, tmp_path / "n.ipynb")
+    out = evidence.count_model_lines(tmp_path / "n.ipynb", {"tensorflow": "(tf.Module)"})
+    assert out.set_index("framework").loc["tensorflow", "lines"] == 3

@@ -166,3 +166,27 @@ def test_skip_remaining_cells_needs_a_kernel_and_a_reason():
     code = "import course_lib.runtime as r; r.skip_remaining_cells('x')"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode != 0 and "Jupyter or IPython kernel only" in proc.stderr
+
+
+@pytest.mark.slow
+def test_seed_everything_seeds_keras_without_importing_tensorflow_unless_named():
+    code = """
+import os, sys
+os.environ["KERAS_BACKEND"] = "jax"
+import keras
+import course_lib.runtime as r
+r.seed_everything(5, frameworks=("jax",))
+a = keras.random.uniform((3,)).tolist()
+no_tf = "tensorflow" not in sys.modules
+r.seed_everything(5, frameworks=("jax",))
+same = keras.random.uniform((3,)).tolist() == a
+from keras.src.utils import module_utils
+import tensorflow
+later = module_utils.tensorflow.available
+r.seed_everything(5)
+print(no_tf, same, later, "tensorflow" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "True", "True", "True"]
