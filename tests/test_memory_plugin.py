@@ -54,3 +54,15 @@ def test_tree_sampler_keeps_the_peak_after_the_child_exits():
     now, _ = conftest._tree_memory_mb([os.getpid()])
     assert peak - now >= 190 and peak_rss_sum >= peak
     assert not sampler.is_alive()
+
+
+def test_private_memory_counts_anonymous_pages_not_library_pages():
+    private0, clean0 = conftest._private_and_clean_mb(os.getpid())
+    block = bytearray(100 * 2**20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    private1, clean1 = conftest._private_and_clean_mb(os.getpid())
+    assert private1 - private0 >= 95
+    assert clean0 > 5 and abs(clean1 - clean0) < 50  # the interpreter's own mapped files
+    del block
+    assert conftest._private_and_clean_mb(2**22 + 12345) == (0.0, 0.0)
