@@ -63,12 +63,12 @@ def pytest_collection_finish(session):
 # pages around each one it touches): the same lesson 08 measured 1297 MB in a checkout whose
 # virtual environment had been idle, 1434 MB in a freshly installed one, and 1526 MB there
 # while another kernel loaded TensorFlow next to it (RssFile 411 vs 506 MB for `import
-# tensorflow` alone, anonymous memory identical). Those clean library pages can be dropped
-# and re-read under memory pressure; what a container can never give back is the kernel's
-# private memory (anonymous and dirty pages), which does not depend on the page cache. So a
+# tensorflow` alone, anonymous memory identical). Those library pages can be dropped and
+# re-read under memory pressure; what a container can never give back (no swap) is the
+# kernel's private memory, its anonymous pages, which do not depend on the page cache. So a
 # lesson fails when its kernel's private memory peaks over PRIVATE_MEMORY_LIMIT_MB (1.25 GB:
 # Binder's 2 GB, less the Jupyter server, less about 0.6 GB of library pages kept resident),
-# sampled every 0.25 s and bounded below by VmHWM minus the clean file pages at the end; or
+# sampled every 0.25 s and bounded below by VmHWM minus the file pages mapped at the end; or
 # when VmHWM itself passes KERNEL_HARD_LIMIT_MB (1.75 GB). Measured in a fresh checkout with two
 # kernels at once: VmHWM 0.15-1.53 GB, private 0.1-0.95 GB (lesson 07 the most).
 KERNEL_MEMORY_LIMIT_MB = float(os.environ.get("COURSE_KERNEL_MEMORY_LIMIT_MB", 1536))
@@ -77,9 +77,9 @@ PRIVATE_MEMORY_LIMIT_MB = float(os.environ.get("COURSE_PRIVATE_MEMORY_LIMIT_MB",
 # The processes a lesson starts (the TensorFlow workers of lessons 01, 06, 07 and 09, JAX's in
 # lesson 10, torchrun, per-backend scripts) run next to the kernel, and Binder's 2 GB holds them
 # all. While a lesson has such processes, the memory of the kernel and all its descendants is
-# sampled every 0.5 s and the peak recorded as `peak_process_tree_memory`: anonymous and dirty
-# pages summed over the processes, pages of each mapped file counted once (the most any of them
-# has resident), as a container is charged. It must stay under TREE_MEMORY_LIMIT_MB. The sum of
+# sampled every 0.5 s and the peak recorded as `peak_process_tree_memory`: anonymous pages
+# summed over the processes, pages of each mapped file counted once (the most any of them has
+# resident), as a container is charged. It must stay under TREE_MEMORY_LIMIT_MB. The sum of
 # their Rss (an upper bound: shared pages counted in every process) is recorded as `rss_sum_mb`.
 # Sampling can miss a spike shorter than its interval.
 TREE_MEMORY_LIMIT_MB = float(os.environ.get("COURSE_TREE_MEMORY_LIMIT_MB", 2048))
@@ -109,9 +109,9 @@ def _tree_pids(root: int) -> list[int]:
 def _tree_memory_mb(pids) -> tuple[float, float]:
     """(memory charged, sum of Rss) in MB of these processes, from /proc/<pid>/smaps.
 
-    Charged: pages of anonymous mappings and dirty private pages of file mappings, summed; the
-    other resident pages of each file (shared libraries), counted once, the largest count any of
-    the processes has. Processes that are gone are skipped."""
+    Charged: anonymous pages (heap, stacks, copied-on-write pages), summed over the processes;
+    the other resident pages of each mapped file (shared libraries), counted once, the largest
+    count any of the processes has. Processes that are gone are skipped."""
     summed_kb = rss_kb = 0
     files: dict[tuple[str, str], int] = {}
     for pid in pids:
@@ -126,13 +126,11 @@ def _tree_memory_mb(pids) -> tuple[float, float]:
                     elif line.startswith("Rss:"):
                         rss = int(line.split()[1])
                         rss_kb += rss
-                    elif line.startswith("Private_Dirty:"):
-                        dirty = int(line.split()[1])
-                        if key is None:
-                            summed_kb += rss
-                        else:
-                            summed_kb += dirty
-                            mine[key] = mine.get(key, 0) + rss - dirty
+                    elif line.startswith("Anonymous:"):
+                        anon = int(line.split()[1])
+                        summed_kb += anon if key is not None else rss  # anon mapping: all of it
+                        if key is not None:
+                            mine[key] = mine.get(key, 0) + rss - anon
         except (OSError, ValueError, IndexError):
             continue
         for key, kb in mine.items():
@@ -141,19 +139,22 @@ def _tree_memory_mb(pids) -> tuple[float, float]:
 
 
 def _private_and_clean_mb(pid: int) -> tuple[float, float]:
-    """(private, clean) MB of one process from /proc/<pid>/smaps_rollup: private = resident
-    pages that are not clean file pages (anonymous and dirty), clean = clean file pages."""
+    """(private, file) MB of one process from /proc/<pid>/smaps_rollup: private = its anonymous
+    pages (heap, stacks, copied-on-write pages: what only swap could take away), file = its
+    other resident pages (mapped files, mostly the frameworks' shared libraries). Not "dirty
+    vs clean": the pages of a freshly installed library stay dirty in the page cache until
+    written back, and would count as private."""
     fields = {}
     try:
         with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as fh:
             for line in fh:
                 name, _, rest = line.partition(":")
-                if name in ("Rss", "Shared_Clean", "Private_Clean"):
+                if name in ("Rss", "Anonymous"):
                     fields[name] = int(rest.split()[0])
     except (OSError, ValueError, IndexError):
         return 0.0, 0.0
-    clean = fields.get("Shared_Clean", 0) + fields.get("Private_Clean", 0)
-    return (fields.get("Rss", 0) - clean) / 1024, clean / 1024
+    anon = fields.get("Anonymous", 0)
+    return anon / 1024, (fields.get("Rss", 0) - anon) / 1024
 
 
 class _TreeSampler(threading.Thread):
@@ -241,28 +242,28 @@ class _KernelMemory:
             if sampler is not None:
                 tree, rss_sum = sampler.stop()
                 private, clean_end = sampler.peak_private, _private_and_clean_mb(sampler.pid)[1]
-                private = max(private, peak - clean_end)  # VmHWM is exact; clean pages only grow
+                private = max(private, peak - clean_end)  # VmHWM is exact; file pages only grow
             results.record(lesson, "peak_kernel_memory", round(peak, 1), "MB",
                            framework="python", mode=profile,
                            limit_mb=KERNEL_MEMORY_LIMIT_MB, passed=peak <= KERNEL_MEMORY_LIMIT_MB,
                            hard_limit_mb=KERNEL_HARD_LIMIT_MB,
                            private_peak_mb=None if private is None else round(private, 1),
                            private_limit_mb=PRIVATE_MEMORY_LIMIT_MB,
-                           clean_file_mb_at_end=None if clean_end is None else round(clean_end, 1))
+                           file_mb_at_end=None if clean_end is None else round(clean_end, 1))
             if peak > KERNEL_HARD_LIMIT_MB:
                 over.append(f"{item.path.name}: the kernel's peak memory was {peak:.0f} MB, over "
                             f"{KERNEL_HARD_LIMIT_MB:.0f} MB (Binder gives a lesson about 2 GB: "
                             "import only the frameworks a section needs, run the heavy ones in a "
                             "worker process, free large arrays)")
             if private is not None and private > PRIVATE_MEMORY_LIMIT_MB:
-                over.append(f"{item.path.name}: the kernel's private memory (anonymous and dirty "
-                            f"pages) peaked at {private:.0f} MB, over {PRIVATE_MEMORY_LIMIT_MB:.0f} MB")
+                over.append(f"{item.path.name}: the kernel's private (anonymous) memory peaked "
+                            f"at {private:.0f} MB, over {PRIVATE_MEMORY_LIMIT_MB:.0f} MB")
             if sampler is not None:
                 tree = max(tree, peak)  # the kernel alone, when it had no child at its peak
                 results.record(lesson, "peak_process_tree_memory", round(tree, 1), "MB",
                                framework="python", mode=profile, limit_mb=TREE_MEMORY_LIMIT_MB,
                                passed=tree <= TREE_MEMORY_LIMIT_MB, rss_sum_mb=round(rss_sum, 1),
-                               sampled_every_s=sampler.interval)
+                               sampled_every_s=2 * sampler.interval)
                 if tree > TREE_MEMORY_LIMIT_MB:
                     over.append(f"{item.path.name}: the kernel and the processes it started held "
                                 f"{tree:.0f} MB together, over Binder's {TREE_MEMORY_LIMIT_MB:.0f} MB")
