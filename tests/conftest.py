@@ -79,10 +79,14 @@ PRIVATE_MEMORY_LIMIT_MB = float(os.environ.get("COURSE_PRIVATE_MEMORY_LIMIT_MB",
 # all. While a lesson has such processes, the memory of the kernel and all its descendants is
 # sampled every 0.5 s and the peak recorded as `peak_process_tree_memory`: anonymous pages
 # summed over the processes, pages of each mapped file counted once (the most any of them has
-# resident), as a container is charged. It must stay under TREE_MEMORY_LIMIT_MB. The sum of
-# their Rss (an upper bound: shared pages counted in every process) is recorded as `rss_sum_mb`.
-# Sampling can miss a spike shorter than its interval.
+# resident), as a container is charged; `passed` when under Binder's 2 GB. Its library pages
+# vary with the page cache as the kernel's do (lesson 10: 1730 MB in an idle checkout, 1964 MB
+# in a fresh one), so the lesson fails on the tree's private (anonymous) memory, summed over the
+# processes (`private_mb`), over TREE_PRIVATE_LIMIT_MB (1.5 GB: 2 GB less the Jupyter server
+# and the libraries' pages). The sum of their Rss (an upper bound: shared pages counted in every
+# process) is recorded as `rss_sum_mb`. Sampling can miss a spike shorter than its interval.
 TREE_MEMORY_LIMIT_MB = float(os.environ.get("COURSE_TREE_MEMORY_LIMIT_MB", 2048))
+TREE_PRIVATE_LIMIT_MB = float(os.environ.get("COURSE_TREE_PRIVATE_LIMIT_MB", 1536))
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -106,13 +110,13 @@ def _tree_pids(root: int) -> list[int]:
     return found
 
 
-def _tree_memory_mb(pids) -> tuple[float, float]:
-    """(memory charged, sum of Rss) in MB of these processes, from /proc/<pid>/smaps.
+def _tree_memory_mb(pids) -> tuple[float, float, float]:
+    """(memory charged, sum of Rss, anonymous) in MB of these processes, from /proc/<pid>/smaps.
 
     Charged: anonymous pages (heap, stacks, copied-on-write pages), summed over the processes;
     the other resident pages of each mapped file (shared libraries), counted once, the largest
     count any of the processes has. Processes that are gone are skipped."""
-    summed_kb = rss_kb = 0
+    summed_kb = rss_kb = 0  # summed_kb: the anonymous pages of all the processes
     files: dict[tuple[str, str], int] = {}
     for pid in pids:
         mine: dict[tuple[str, str], int] = {}
@@ -135,7 +139,7 @@ def _tree_memory_mb(pids) -> tuple[float, float]:
             continue
         for key, kb in mine.items():
             files[key] = max(files.get(key, 0), kb)
-    return (summed_kb + sum(files.values())) / 1024, rss_kb / 1024
+    return (summed_kb + sum(files.values())) / 1024, rss_kb / 1024, summed_kb / 1024
 
 
 def _private_and_clean_mb(pid: int) -> tuple[float, float]:
@@ -164,7 +168,7 @@ class _TreeSampler(threading.Thread):
     def __init__(self, pid: int, interval: float = 0.25):
         super().__init__(daemon=True, name=f"tree-memory-{pid}")
         self.pid, self.interval = pid, interval
-        self.peak = self.peak_rss_sum = self.peak_private = 0.0
+        self.peak = self.peak_rss_sum = self.peak_anon = self.peak_private = 0.0
         self._ticks = 0
         self._stop_event = threading.Event()
 
@@ -174,21 +178,22 @@ class _TreeSampler(threading.Thread):
             return
         pids = _tree_pids(self.pid)
         if len(pids) > 1:
-            charged, rss_sum = _tree_memory_mb(pids)
+            charged, rss_sum, anon = _tree_memory_mb(pids)
             self.peak, self.peak_rss_sum = max(self.peak, charged), max(self.peak_rss_sum, rss_sum)
+            self.peak_anon = max(self.peak_anon, anon)
 
     def run(self):
         while not self._stop_event.wait(self.interval):
             self._ticks += 1
             self._sample(tree=self._ticks % 2 == 0)
 
-    def stop(self) -> tuple[float, float]:
-        """Stop sampling; (peak charged, peak Rss sum) of the tree in MB, 0 if no child was
-        ever seen. The kernel's private peak is in `peak_private`."""
+    def stop(self) -> tuple[float, float, float]:
+        """Stop sampling; (peak charged, peak Rss sum, peak anonymous) of the tree in MB, 0 if
+        no child was ever seen. The kernel's private peak is in `peak_private`."""
         self._stop_event.set()
         self.join(timeout=10)
         self._sample(tree=False)
-        return self.peak, self.peak_rss_sum
+        return self.peak, self.peak_rss_sum, self.peak_anon
 
 
 def _kernel_pid(notebook_item):
@@ -237,10 +242,10 @@ class _KernelMemory:
 
             lesson = item.path.name[:2]
             profile = os.environ.get("COURSE_PROFILE", "full")
-            tree = rss_sum = None
+            tree = rss_sum = tree_anon = None
             private = clean_end = None
             if sampler is not None:
-                tree, rss_sum = sampler.stop()
+                tree, rss_sum, tree_anon = sampler.stop()
                 private, clean_end = sampler.peak_private, _private_and_clean_mb(sampler.pid)[1]
                 private = max(private, peak - clean_end)  # VmHWM is exact; file pages only grow
             results.record(lesson, "peak_kernel_memory", round(peak, 1), "MB",
@@ -260,13 +265,17 @@ class _KernelMemory:
                             f"at {private:.0f} MB, over {PRIVATE_MEMORY_LIMIT_MB:.0f} MB")
             if sampler is not None:
                 tree = max(tree, peak)  # the kernel alone, when it had no child at its peak
+                tree_anon = max(tree_anon, private)
                 results.record(lesson, "peak_process_tree_memory", round(tree, 1), "MB",
                                framework="python", mode=profile, limit_mb=TREE_MEMORY_LIMIT_MB,
                                passed=tree <= TREE_MEMORY_LIMIT_MB, rss_sum_mb=round(rss_sum, 1),
+                               private_mb=round(tree_anon, 1),
+                               private_limit_mb=TREE_PRIVATE_LIMIT_MB,
                                sampled_every_s=2 * sampler.interval)
-                if tree > TREE_MEMORY_LIMIT_MB:
+                if tree_anon > TREE_PRIVATE_LIMIT_MB:
                     over.append(f"{item.path.name}: the kernel and the processes it started held "
-                                f"{tree:.0f} MB together, over Binder's {TREE_MEMORY_LIMIT_MB:.0f} MB")
+                                f"{tree_anon:.0f} MB of private (anonymous) memory together, over "
+                                f"{TREE_PRIVATE_LIMIT_MB:.0f} MB")
         elif sampler is not None:
             sampler.stop()
         outcome = yield

@@ -25,22 +25,22 @@ def _start_holder():
 
 def test_tree_memory_counts_children_and_shared_libraries_once():
     me = os.getpid()
-    alone, alone_rss = conftest._tree_memory_mb([me])
+    alone, alone_rss, _ = conftest._tree_memory_mb([me])
     procs = [_start_holder(), _start_holder()]
     try:
         pids = conftest._tree_pids(me)
         assert set(pids) >= {me, *(p.pid for p in procs)}
-        charged, rss_sum = conftest._tree_memory_mb(pids)
-        one, one_rss = conftest._tree_memory_mb([procs[0].pid])
-        assert 200 <= one <= one_rss
-        assert charged - alone >= 400  # both blocks: anonymous memory is summed
+        charged, rss_sum, anon = conftest._tree_memory_mb(pids)
+        one, one_rss, one_anon = conftest._tree_memory_mb([procs[0].pid])
+        assert 200 <= one_anon <= one <= one_rss
+        assert charged - alone >= 400 and anon >= 400  # both blocks: anonymous memory is summed
         # the two children map the same Python binary and libraries: counted once when charged
         assert rss_sum - charged >= one_rss - one
     finally:
         for proc in procs:
             proc.kill()
             proc.wait()
-    assert conftest._tree_memory_mb([2**22 + 12345]) == (0.0, 0.0)  # no such process
+    assert conftest._tree_memory_mb([2**22 + 12345]) == (0.0, 0.0, 0.0)  # no such process
 
 
 def test_tree_sampler_keeps_the_peak_after_the_child_exits():
@@ -50,9 +50,9 @@ def test_tree_sampler_keeps_the_peak_after_the_child_exits():
     time.sleep(0.3)
     proc.kill()
     proc.wait()
-    peak, peak_rss_sum = sampler.stop()
-    now, _ = conftest._tree_memory_mb([os.getpid()])
-    assert peak - now >= 190 and peak_rss_sum >= peak
+    peak, peak_rss_sum, peak_anon = sampler.stop()
+    now, _, _ = conftest._tree_memory_mb([os.getpid()])
+    assert peak - now >= 190 and peak_rss_sum >= peak and peak_anon >= 190
     assert not sampler.is_alive()
 
 
