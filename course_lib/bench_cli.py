@@ -40,6 +40,8 @@ import sys
 import time
 from pathlib import Path
 
+from course_lib.runtime import memory_mb as _memory_mb  # stdlib only: measures the bare import
+
 FRAMEWORKS = ("torch", "jax", "tensorflow", "keras", "sklearn")
 KERAS_BACKENDS = ("tensorflow", "jax", "torch")
 MODES = {
@@ -214,21 +216,6 @@ def main(argv=None) -> int:
 # ---------------------------------------------------------------------------------------------
 # Worker (one fresh process per framework)
 # ---------------------------------------------------------------------------------------------
-
-
-def _memory_mb() -> float:
-    """Resident memory of this process in MB (VmRSS; peak RSS where /proc is missing)."""
-    try:
-        with open("/proc/self/status", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / scale
 
 
 def _emit(row: dict) -> None:

@@ -190,3 +190,21 @@ print(no_tf, same, later, "tensorflow" in sys.modules)
                          timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["True", "True", "True", "True"]
+
+
+def test_memory_mb_now_and_peak():
+    code = """
+import course_lib.runtime as r
+now, peak = r.memory_mb(), r.memory_mb(peak=True)
+block = bytearray(64 * 2**20)
+for i in range(0, len(block), 4096):
+    block[i] = 1
+grown = r.memory_mb()
+del block
+print(now, peak, grown, r.memory_mb(), r.memory_mb(peak=True))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    now, peak, grown, after, peak_after = map(float, out.stdout.split())
+    assert 5 < now <= peak and grown - now >= 60
+    # freed now; the peak remembers it (the kernel updates VmHWM lazily: within a few pages)
+    assert after < grown - 50 and peak_after >= grown - 2
