@@ -91,23 +91,13 @@ _HEX = frozenset("0123456789abcdef")
 
 
 def _tree_pids(root: int) -> list[int]:
-    """Process `root` and all its descendants, from /proc (parents' pids in /proc/<pid>/stat)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", encoding="ascii", errors="replace") as fh:
-                ppid = int(fh.read().rpartition(")")[2].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, ()))
-    return found
+    """Process `root` and all its descendants (psutil; [root] if it is gone)."""
+    import psutil
+
+    try:
+        return [root, *(child.pid for child in psutil.Process(root).children(recursive=True))]
+    except psutil.Error:
+        return [root]
 
 
 def _tree_memory_mb(pids) -> tuple[float, float, float]:
