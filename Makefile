@@ -1,7 +1,9 @@
 # The course's commands. Each creates .venv from requirements.lock on first use.
 #   make course [PROFILE=full|smoke] [LESSONS="00 01"]   execute the lessons, build the site
 #   make test                                            the whole test suite (what CI runs)
+#   make test-colab [PYTHON313=...] [LESSONS="02 10"]   every lesson on Colab's own versions
 #   make lab                                             JupyterLab on the notebooks
+#   make release VERSION=v0.2.0                          badges and setup cells -> tag, commit, tag
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -13,7 +15,7 @@ JOBS ?= 2
 # The CPU build of torch 2.13.0 lies in /opt/wheels on the course machines; elsewhere pip finds it on PyPI.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: course test lab lint env lock clean browser
+.PHONY: course test test-colab release lab lint env lock clean browser
 
 env: $(STAMP)
 
@@ -45,6 +47,19 @@ test: $(STAMP) browser
 	COURSE_PROFILE=smoke COURSE_RESULTS_DIR=$(CURDIR)/build/test-results \
 	  TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -n $(JOBS) --dist loadgroup --nbval-lax \
 	  --durations=15 $(PYTEST_ARGS)
+
+# The Colab lane (tools/colab_lane.py): Python 3.13 and colab/versions.txt in build/colab/env
+# (built once, ~3 min and ~8 GB), every lesson through its real Colab setup cell, then again
+# without TensorFlow (TPU runtimes). PYTHON313 defaults to python3.13 on PATH, else pyenv's.
+PYTHON313 ?=
+COLAB_VARIANTS ?= gpu tpu
+test-colab: $(STAMP)
+	TF_CPP_MIN_LOG_LEVEL=3 $(PY) tools/colab_lane.py $(if $(PYTHON313),--python313 $(PYTHON313),) \
+	  --variants $(COLAB_VARIANTS) --jobs $(JOBS) $(if $(LESSONS),--lessons $(LESSONS),)
+
+release: $(STAMP)
+	@test -n "$(VERSION)" || { echo "make release VERSION=vX.Y.Z"; exit 2; }
+	$(PY) tools/release.py $(VERSION)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks

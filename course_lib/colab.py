@@ -3,23 +3,31 @@
 Every lesson starts with
 
 1. a badge in its first markdown cell, from :func:`badge_markdown`, pointing at the lesson's
-   own file at the course's pinned release (:data:`RELEASE_REF`, a tag, never a branch);
+   own file at :data:`RELEASE_REF` (the default branch until a release is tagged;
+   ``tools/release.py`` rewrites every badge and cell to a tag in one commit);
 2. a first code cell, from :func:`setup_cell_source`, which does nothing outside Colab. On
    Colab it installs ``course_lib`` from the repository at :data:`RELEASE_REF` (with its small
    core dependencies, which Colab already has) and then calls :func:`setup`, which installs
    only the lesson's packages that this runtime lacks and fetches the course's data files.
    TensorFlow, PyTorch, JAX, Keras and Flax are never installed there (:data:`NEVER_INSTALL`):
-   reinstalling them would replace Colab's CUDA/TPU builds.
+   reinstalling them would replace Colab's CUDA/TPU builds. Every pip call there holds the
+   runtime's installed versions of :data:`HELD` as constraints (``pip install -c``), so that
+   no dependency of a lesson package can upgrade them either; a package that cannot be
+   installed beside them is reported and the lesson skips the part that needs it.
+
+``tools/colab_lane.py`` (``make test-colab``) runs every lesson through this cell on Colab's
+own versions (``colab/versions.txt``).
 
 ``tools/nbclean.py`` writes both into every lesson it cleans (:func:`apply_to_notebook`);
 ``tests/test_colab.py`` fails when one is missing or points at the wrong file.
 
-Maintainers: :data:`GITHUB_REPO` and :data:`RELEASE_REF` are the only two settings. After
-tagging a release, set :data:`RELEASE_REF` to the tag and rewrite the cells.
+Maintainers: :data:`GITHUB_REPO` and :data:`RELEASE_REF` are the only two settings;
+``make release VERSION=vX.Y.Z`` sets the ref, rewrites every badge and cell, commits and tags.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata as _metadata
 import json
 import os
@@ -32,18 +40,15 @@ from pathlib import Path
 
 #: ``owner/name`` of the course's GitHub repository.
 GITHUB_REPO = "ml-frameworks-course/course"
-#: The release the Colab cells install and the badges open: a tag, so that a lesson opened
-#: on Colab runs the code it was tested with (a branch would move under it).
-RELEASE_REF = "v0.1.0"
+#: The ref the Colab cells install and the badges open: a ref that exists in the repository.
+#: The default branch until a release is tagged; ``make release VERSION=vX.Y.Z`` rewrites it
+#: (and every badge and setup cell) to the tag in one commit, so that a lesson opened on Colab
+#: runs the code it was tested with.
+RELEASE_REF = "main"
 
-#: What Colab's runtimes ship (its published runtime list, August 2026; CURRICULUM section 8).
-#: ``tests/test_colab.py`` checks that ``pyproject.toml``'s lower bounds admit every version.
-COLAB_SHIPS = {
-    "cpu/gpu": {"python": "3.13", "tensorflow": "2.20", "keras": "3.13", "torch": "2.11",
-                "jax": "0.7.2", "flax": "0.11", "scikit-learn": "1.6", "numpy": "2.1"},
-    "tpu": {"python": "3.13", "jax": "0.7.2", "flax": "0.11", "torch": "2.11",
-            "scikit-learn": "1.6", "numpy": "2.1"},  # PyTorch/XLA; no TensorFlow
-}
+#: What Colab's runtimes ship is ``colab/versions.txt`` (its published runtime list, with the
+#: date and source): the versions ``make test-colab`` runs every lesson on, and the lower bounds
+#: of ``pyproject.toml`` (``tests/test_colab.py`` checks both).
 
 #: Distributions the setup never installs on Colab (Colab's own builds must stay).
 NEVER_INSTALL = frozenset({
@@ -51,13 +56,40 @@ NEVER_INSTALL = frozenset({
     "tf-keras", "keras", "jax", "jaxlib", "libtpu", "flax", "numpy",
 })
 
+#: Distributions whose installed versions every pip call of the setup holds as constraints:
+#: the frameworks and the compiled libraries they are built against (a lesson package's
+#: dependency must not upgrade them under the running runtime either).
+HELD = NEVER_INSTALL | frozenset({
+    "scikit-learn", "scipy", "pandas", "optax", "xgboost", "ml-dtypes", "protobuf",
+    "tensorboard", "jax-cuda12-plugin", "jax-cuda12-pjrt", "orbax-checkpoint",
+})
+
+#: Where the setup writes the held versions (``name==version`` lines) for ``pip install -c``.
+HELD_CONSTRAINTS = "/tmp/course-held-versions.txt"
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def held_constraints(path: str | os.PathLike = HELD_CONSTRAINTS) -> Path:
+    """Write the installed versions of :data:`HELD` as pip constraints (``name==version``, one
+    per line, sorted) to ``path`` and return it. The cell's own copy of this logic runs before
+    course_lib is installed; ``tests/test_colab.py`` checks the two write the same file."""
+    lines = sorted({f"{_normalise(d.metadata['Name'])}=={d.version}"
+                    for d in _metadata.distributions()
+                    if d.metadata["Name"] and _normalise(d.metadata["Name"]) in HELD})
+    path = Path(path)
+    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    return path
+
 #: Packages a lesson needs beyond course_lib's core dependencies and the frameworks, as pip
 #: requirements (ranges as in ``pyproject.toml``). Installed on Colab only when missing.
 LESSON_PACKAGES: dict[str, tuple[str, ...]] = {
-    "01": ("xgboost>=2.1,<4",),
-    "04": ("optax>=0.2.4,<0.3",),
-    "06": ("optax>=0.2.4,<0.3",),
-    "07": ("optax>=0.2.4,<0.3",),
+    "01": ("xgboost>=3.0.5,<4",),
+    "04": ("optax>=0.2.8,<0.3",),
+    "06": ("optax>=0.2.8,<0.3",),
+    "07": ("optax>=0.2.8,<0.3",),
     "10": ("onnx>=1.17,<1.24", "onnxruntime>=1.20,<1.33", "skl2onnx>=1.18,<1.21",
            "onnxscript>=0.5,<0.8", "tf2onnx>=1.16,<1.18", "jax2onnx>=0.10,<0.18",
            "ai-edge-litert>=1.4,<2.4", "coremltools>=8.3,<10"),
@@ -132,19 +164,33 @@ def setup_cell_source(notebook: str, *, repo: str = GITHUB_REPO, ref: str = RELE
     """The source of a lesson's first code cell: the Colab setup (a no-op elsewhere).
 
     Detection: Colab sets ``COLAB_RELEASE_TAG`` in every runtime's environment (CPU, GPU and
-    TPU). The cell needs nothing but the standard library before course_lib is installed.
+    TPU). The cell needs nothing but the standard library before course_lib is installed: it
+    writes the runtime's versions of :data:`HELD` to :data:`HELD_CONSTRAINTS` (as
+    :func:`held_constraints` does) and installs course_lib under those constraints, so that
+    none of its dependencies can replace a framework.
     """
     lesson = lesson_number(notebook)
     spec = f"course_lib @ git+https://github.com/{repo}@{ref}"
+    held = ", ".join(f'"{name}"' for name in sorted(HELD))
     return (
-        f"{SETUP_MARKER} (does nothing elsewhere): install course_lib at the course's release\n"
-        "# and only what this runtime lacks; Colab's TensorFlow, PyTorch, JAX and Keras are kept.\n"
+        f"{SETUP_MARKER} (does nothing elsewhere): install course_lib at the course's ref\n"
+        "# and only what this runtime lacks; Colab's TensorFlow, PyTorch, JAX and Keras are kept\n"
+        "# (their installed versions are held as pip constraints).\n"
         "import os\n"
         "import subprocess\n"
         "import sys\n"
         "\n"
         'if "COLAB_RELEASE_TAG" in os.environ:\n'
-        f'    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "{spec}"], check=True)\n'
+        "    import re\n"
+        "    from importlib import metadata\n"
+        "\n"
+        f"    HELD = {{{held}}}\n"
+        "    norm = [re.sub(r\"[-_.]+\", \"-\", d.metadata[\"Name\"] or \"\").lower() + \"==\" + d.version\n"
+        "            for d in metadata.distributions()]\n"
+        f'    with open("{HELD_CONSTRAINTS}", "w", encoding="utf-8") as held:\n'
+        '        held.writelines(f"{line}\\n" for line in sorted(set(norm)) if line.split("==")[0] in HELD)\n'
+        f'    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", "{HELD_CONSTRAINTS}",\n'
+        f'                    "{spec}"], check=True)\n'
         "    from course_lib import colab\n"
         "\n"
         f'    colab.setup("{lesson}")'
@@ -165,16 +211,19 @@ def _installed(name: str) -> bool:
 
 
 def install_command(lesson: str, *, installed: Callable[[str], bool] = _installed,
-                    python: str | None = None) -> list[str] | None:
+                    python: str | None = None,
+                    constraints: str | os.PathLike | None = None) -> list[str] | None:
     """The pip command that installs lesson ``lesson``'s missing packages, or None.
 
     Args:
         lesson: two-digit lesson number, e.g. ``"10"``.
         installed: ``installed(distribution_name) -> bool`` (default: package metadata).
         python: the interpreter (default ``sys.executable``).
+        constraints: a pip constraints file (``-c``), e.g. :func:`held_constraints`'s.
 
-    Returns ``[python, "-m", "pip", "install", "-q", req, ...]`` naming only requirements of
-    :data:`LESSON_PACKAGES` whose distribution is not installed; None when nothing is missing.
+    Returns ``[python, "-m", "pip", "install", "-q", req, ...]`` (with ``"-c", constraints``
+    after ``-q`` when given) naming only requirements of :data:`LESSON_PACKAGES` whose
+    distribution is not installed; None when nothing is missing.
 
     Raises:
         ValueError: ``lesson`` is not two digits, or a requirement names a framework of
@@ -189,64 +238,120 @@ def install_command(lesson: str, *, installed: Callable[[str], bool] = _installe
     missing = [r for r in wanted if not installed(_dist_name(r))]
     if not missing:
         return None
-    return [python or sys.executable, "-m", "pip", "install", "-q", *missing]
+    held = ["-c", str(constraints)] if constraints is not None else []
+    return [python or sys.executable, "-m", "pip", "install", "-q", *held, *missing]
+
+
+#: Where Colab downloads the course's files from. ``COURSE_RAW_BASE_URL`` replaces it (a
+#: mirror for a classroom behind a firewall; the Colab lane's local server), and serves the
+#: same paths: ``<base>/<owner>/<name>/<ref>/<path>``.
+RAW_BASE_URL = "https://raw.githubusercontent.com"
+
+
+def raw_base_url() -> str:
+    """``$COURSE_RAW_BASE_URL`` if set, else :data:`RAW_BASE_URL`."""
+    return os.environ.get("COURSE_RAW_BASE_URL") or RAW_BASE_URL
 
 
 def raw_url(path: str, *, repo: str = GITHUB_REPO, ref: str = RELEASE_REF,
-            base_url: str = "https://raw.githubusercontent.com") -> str:
-    """The URL of repository file ``path`` at ``ref``: ``{base_url}/{repo}/{ref}/{path}``."""
+            base_url: str | None = None) -> str:
+    """The URL of repository file ``path`` at ``ref``: ``{base_url}/{repo}/{ref}/{path}``
+    (``base_url`` defaults to :func:`raw_base_url`)."""
+    base_url = base_url or raw_base_url()
     return f"{base_url.rstrip('/')}/{repo}/{urllib.parse.quote(ref)}/{path}"
 
 
-def fetch_data(*, repo: str = GITHUB_REPO, ref: str = RELEASE_REF,
-               base_url: str = "https://raw.githubusercontent.com",
-               folder: str | os.PathLike | None = None,
-               names: Sequence[str] | None = None) -> Path:
-    """Download the course's ``data/`` files at ``ref`` into a cache folder; return the folder.
+def fetch_folder(path: str, *, repo: str = GITHUB_REPO, ref: str = RELEASE_REF,
+                 base_url: str | None = None, folder: str | os.PathLike | None = None,
+                 names: Sequence[str] | None = None) -> Path:
+    """Download the files of repository folder ``path`` (``"data"``, ``"results/reference"``)
+    at ``ref`` that its committed ``<path>/MANIFEST.json`` lists; return the local folder.
 
-    ``data/MANIFEST.json`` is read first (names, SHA-256s); every file is then downloaded with
-    :func:`course_lib.data.fetch`, which verifies its SHA-256 after the download and never
-    leaves a partial file. The manifest is written last, so a folder with a ``MANIFEST.json``
-    is complete. ``base_url`` is for tests (a local HTTP server).
+    The manifest maps each file's path relative to ``path`` (``"epyc-2core-cpu/09.jsonl"``)
+    to an object with its ``sha256``. Every file is downloaded with
+    :func:`course_lib.data.fetch`, which verifies its SHA-256 and never leaves a partial file.
+    The manifest is written last, so a folder with a ``MANIFEST.json`` is complete. The
+    default folder is ``<data.cache_dir()>/<path>/<ref>``; ``base_url`` defaults to
+    :func:`raw_base_url`.
 
     Raises:
-        course_lib.data.DataError: the manifest or a file could not be downloaded.
+        course_lib.data.DataError: the manifest or a file could not be downloaded, or the
+            manifest names a file outside the folder.
         course_lib.data.ChecksumMismatch: a file does not match the manifest's SHA-256.
     """
     import requests
 
     from course_lib import data
 
-    folder = Path(folder) if folder is not None else data.cache_dir() / "data" / ref
+    folder = Path(folder) if folder is not None else data.cache_dir() / path / ref
     folder.mkdir(parents=True, exist_ok=True)
-    url = raw_url("data/MANIFEST.json", repo=repo, ref=ref, base_url=base_url)
+    url = raw_url(f"{path}/MANIFEST.json", repo=repo, ref=ref, base_url=base_url)
     try:
         response = requests.get(url, timeout=60)
         response.raise_for_status()
         manifest = response.json()
     except (requests.exceptions.RequestException, ValueError) as exc:
-        raise data.DataError(f"could not read the course's data manifest at {url}: {exc}. "
+        raise data.DataError(f"could not read the course's manifest at {url}: {exc}. "
                              "Check the runtime's network connection and run the cell "
                              "again.") from None
     for name in names if names is not None else sorted(manifest):
-        data.fetch(raw_url(f"data/{name}", repo=repo, ref=ref, base_url=base_url),
-                   manifest[name]["sha256"], fname=name, folder=folder)
+        parts = Path(name).parts
+        if not parts or Path(name).is_absolute() or ".." in parts:
+            raise data.DataError(f"{url} names a file outside {path}/: {name!r}")
+        data.fetch(raw_url(f"{path}/{name}", repo=repo, ref=ref, base_url=base_url),
+                   manifest[name]["sha256"], fname=parts[-1],
+                   folder=folder.joinpath(*parts[:-1]))
     tmp = folder / f".MANIFEST.json.{os.getpid()}.tmp"  # last: the folder is complete
     tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     os.replace(tmp, folder / "MANIFEST.json")
     return folder
 
 
+def fetch_data(*, repo: str = GITHUB_REPO, ref: str = RELEASE_REF, base_url: str | None = None,
+               folder: str | os.PathLike | None = None,
+               names: Sequence[str] | None = None) -> Path:
+    """The course's ``data/`` files at ``ref`` (:func:`fetch_folder` of ``"data"``)."""
+    return fetch_folder("data", repo=repo, ref=ref, base_url=base_url, folder=folder,
+                        names=names)
+
+
+#: Lessons that read the course's committed reference records (``results/reference/``);
+#: on Colab the setup downloads them and points ``COURSE_REFERENCE_DIR`` at them.
+NEEDS_REFERENCES = frozenset({"09", "12"})
+
+
+def _pip_install(requirements: Sequence[str], constraints: Path, run: Callable) -> list[str]:
+    """Install ``requirements`` under ``constraints``; return those that could not be
+    installed. All together first (one resolver run); if pip refuses, one at a time, so that
+    a package that cannot live beside the runtime's frameworks does not stop the others."""
+    base = [sys.executable, "-m", "pip", "install", "-q", "-c", str(constraints)]
+    if run([*base, *requirements], check=False).returncode == 0:
+        return []
+    failed = [r for r in requirements if run([*base, r], check=False).returncode != 0]
+    return failed
+
+
 def setup(lesson: str, *, environ: Mapping[str, str] | None = None,
           run: Callable = subprocess.run, installed: Callable[[str], bool] = _installed,
-          data_folder: Callable[[], Path] | None = None) -> list[list[str]]:
+          data_folder: Callable[[], Path] | None = None,
+          reference_folder: Callable[[], Path] | None = None,
+          constraints: str | os.PathLike = HELD_CONSTRAINTS) -> list[list[str]]:
     """Prepare a Colab runtime for lesson ``lesson`` (called by the setup cell, on Colab only).
 
-    Installs the lesson's missing packages (:func:`install_command`; never a framework),
-    downloads the data files (:func:`fetch_data`) and points ``COURSE_DATA_DIR`` at them, and
-    prints the runtime's accelerator. ``environ``, ``run``, ``installed`` and ``data_folder``
-    are injectable for tests. Returns the commands it ran. Outside Colab it does nothing and
-    returns ``[]``.
+    Installs the lesson's missing packages (:func:`install_command`; never a framework) with
+    the runtime's :data:`HELD` versions as constraints (:func:`held_constraints`). A package
+    pip cannot install beside them (e.g. a release that needs a newer Flax) is named in a
+    message and left out; the lesson skips the part that needs it (it checks with
+    ``runtime.importable``). Then downloads the data files (:func:`fetch_data`) and points
+    ``COURSE_DATA_DIR`` at them; for lessons of :data:`NEEDS_REFERENCES` also the reference
+    records (``COURSE_REFERENCE_DIR``). Prints the runtime's accelerator.
+
+    ``environ``, ``run``, ``installed``, ``data_folder``, ``reference_folder`` and
+    ``constraints`` are injectable for tests. Returns the install commands it ran (the first
+    attempt). Outside Colab it does nothing and returns ``[]``.
+
+    Raises:
+        course_lib.data.DataError, course_lib.data.ChecksumMismatch: a download failed.
     """
     from course_lib import runtime
 
@@ -254,14 +359,24 @@ def setup(lesson: str, *, environ: Mapping[str, str] | None = None,
     if runtime.hosted_environment(env) != "colab":
         return []
     commands = []
-    command = install_command(lesson, installed=installed)
+    command = install_command(lesson, installed=installed, constraints=constraints)
     if command:
-        print("Installing what this Colab runtime lacks:", " ".join(command[5:]))
-        run(command, check=True)
+        held = held_constraints(constraints) if environ is None else Path(constraints)
+        wanted = command[7:]
+        print("Installing what this Colab runtime lacks:", " ".join(wanted))
+        failed = _pip_install(wanted, held, run)
         commands.append(command)
+        for requirement in failed:
+            print(f"  could not install {requirement} beside this runtime's frameworks "
+                  f"(held: {held}); the lesson skips the part that needs it")
     folder = (data_folder or fetch_data)()
     if environ is None:
         os.environ["COURSE_DATA_DIR"] = str(folder)
+    if lesson in NEEDS_REFERENCES:
+        references = (reference_folder or functools.partial(fetch_folder, "results/reference"))()
+        if environ is None:
+            os.environ["COURSE_REFERENCE_DIR"] = str(references)
+        print(f"reference records in {references}")
     print(f"course_lib at {RELEASE_REF}; data in {folder}")
     print("Accelerator:", colab_accelerator(env))
     return commands

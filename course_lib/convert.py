@@ -546,6 +546,7 @@ def _nnx_layers(module) -> list:
     from flax import nnx
 
     found, seen = [], set()
+    nnx_list = getattr(nnx, "List", ())  # nnx.List exists from Flax 0.12 (Colab ships 0.11)
 
     def visit(obj, path):
         if id(obj) in seen:
@@ -559,7 +560,7 @@ def _nnx_layers(module) -> list:
                     f"{path!r} is an nnx.Param outside an nnx.Linear/nnx.Conv; the course's "
                     "converters handle those two layer types only. Assign it yourself."
                 )
-        elif isinstance(obj, nnx.List) or isinstance(obj, (list, tuple)):
+        elif isinstance(obj, nnx_list) or isinstance(obj, (list, tuple)):
             seen.add(id(obj))
             for i, item in enumerate(obj):
                 visit(item, f"{path}[{i}]")

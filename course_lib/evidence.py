@@ -58,7 +58,10 @@ def course_folder() -> Path | None:
 
 
 def default_reference_dir() -> Path | None:
-    """``results/reference`` under :func:`course_folder`, or None when there is none."""
+    """``$COURSE_REFERENCE_DIR`` (set by the Colab setup, which downloads the committed
+    reference records), else ``results/reference`` under :func:`course_folder`, else None."""
+    if os.environ.get("COURSE_REFERENCE_DIR"):
+        return Path(os.environ["COURSE_REFERENCE_DIR"])
     root = course_folder()
     return root / "results" / "reference" if root else None
 

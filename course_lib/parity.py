@@ -219,3 +219,23 @@ def show(table: pd.DataFrame):
     return table.style.format({"max_abs_diff": "{:.2e}", "tol": "{:.0e}"}).map(
         colour, subset=["passed"]
     )
+
+
+def keras_step_loss(model, x, y) -> float:
+    """The loss of one ``model.train_on_batch(x, y)`` step, on every Keras 3 release.
+
+    ``train_on_batch`` computes the loss of the batch *before* its update. Keras 3.15 returns
+    exactly that; Keras 3.13 and 3.14 (what Colab ships) return the running mean of the
+    losses since the model's metrics were last reset (seen: 0.21 away from the step's loss
+    after a few SGD steps). Resetting the metrics first (``model.reset_metrics()``) gives the
+    step's own loss on both, which is what a parity check against a reference must compare.
+
+    Args:
+        model: a compiled ``keras.Model``.
+        x, y: one batch, as ``train_on_batch`` takes them.
+
+    Returns:
+        The step's loss as a Python float (the call waits for the step to finish).
+    """
+    model.reset_metrics()
+    return float(model.train_on_batch(x, y))

@@ -2,6 +2,8 @@
 
 import functools
 import http.server
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -29,9 +31,34 @@ def test_badge_points_at_the_notebook_at_the_pinned_release():
         colab.badge_markdown("notes.ipynb")
 
 
-def test_release_ref_is_a_tag_not_a_moving_branch():
-    assert colab.RELEASE_REF not in {"main", "master", "HEAD", "develop"}
-    assert colab.RELEASE_REF.startswith("v") and Version(colab.RELEASE_REF[1:])
+def test_release_ref_is_the_default_branch_or_a_release_tag_that_exists():
+    """The badges must open something that exists: the default branch until a release is
+    tagged (``make release`` then pins a tag, which must be in the repository)."""
+    ref = colab.RELEASE_REF
+    if ref == "main":
+        return
+    assert ref.startswith("v") and Version(ref[1:]), f"{ref!r}: 'main' or a vX.Y.Z tag"
+    git = shutil.which("git")
+    if git and (ROOT / ".git").exists():
+        proc = subprocess.run([git, "-C", str(ROOT), "rev-parse", "-q", "--verify",
+                               f"refs/tags/{ref}"], capture_output=True, check=False)
+        assert proc.returncode == 0, f"RELEASE_REF {ref} is not a tag of this repository"
+
+
+def test_every_badge_and_setup_cell_names_the_same_ref():
+    import nbformat
+
+    refs = {}
+    for path in LESSONS:
+        nb = nbformat.read(path, as_version=4)
+        refs[f"{path.name} badge"] = colab.COLAB_URL.search(nb.cells[0].source)["ref"]
+        setup = next(c for c in nb.cells if c.cell_type == "code")
+        refs[f"{path.name} setup cell"] = re.search(r"git\+https://github\.com/[^@\s]+@([^\"\s]+)",
+                                                   setup.source)[1]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    refs["README Binder badge"] = re.search(r"mybinder\.org/v2/gh/[^/]+/[^/]+/([^?\s)]+)", readme)[1]
+    assert set(refs.values()) == {colab.RELEASE_REF}, {k: v for k, v in refs.items()
+                                                       if v != colab.RELEASE_REF}
 
 
 def test_apply_to_notebook_is_idempotent_and_replaces_a_wrong_badge():
@@ -67,11 +94,24 @@ def _run_setup_cell(source, monkeypatch, *, on_colab):
 def test_setup_cell_on_a_simulated_colab_runtime(path, monkeypatch):
     source = colab.setup_cell_source(path.name)
     commands, lessons = _run_setup_cell(source, monkeypatch, on_colab=True)
-    assert commands == [[sys.executable, "-m", "pip", "install", "-q",
+    assert commands == [[sys.executable, "-m", "pip", "install", "-q", "-c",
+                         colab.HELD_CONSTRAINTS,
                          f"course_lib @ git+https://github.com/{colab.GITHUB_REPO}"
                          f"@{colab.RELEASE_REF}"]]
     assert lessons == [path.name[:2]]
     assert not any(name in " ".join(commands[0]) for name in FRAMEWORK_NAMES)
+
+
+def test_setup_cell_holds_the_same_versions_as_held_constraints(monkeypatch, tmp_path):
+    """The cell's own copy of the held-versions logic (it runs before course_lib is
+    installed) writes what colab.held_constraints writes, and holds the frameworks."""
+    _run_setup_cell(colab.setup_cell_source("04_jax.ipynb"), monkeypatch, on_colab=True)
+    by_cell = Path(colab.HELD_CONSTRAINTS).read_text(encoding="utf-8")
+    by_lib = colab.held_constraints(tmp_path / "held.txt").read_text(encoding="utf-8")
+    assert by_cell == by_lib
+    names = {line.split("==")[0] for line in by_lib.splitlines()}
+    assert {"numpy", "keras", "jax", "torch"} <= names  # installed in every course environment
+    assert names <= colab.HELD
 
 
 def test_setup_cell_does_nothing_elsewhere(monkeypatch):
@@ -110,20 +150,52 @@ def test_install_command_refuses_a_framework(monkeypatch):
         colab.install_command("6")
 
 
+class _Pip:
+    """A stand-in for subprocess.run that records pip commands and refuses ``refused``."""
+
+    def __init__(self, refused=()):
+        self.ran, self.refused = [], set(refused)
+
+    def __call__(self, cmd, **kw):
+        self.ran.append(cmd)
+        wanted = {Requirement(r).name for r in cmd[7:]}
+        return subprocess.CompletedProcess(cmd, 1 if wanted & self.refused else 0)
+
+
 def test_setup_installs_missing_packages_only_on_colab(tmp_path):
-    ran = []
-
-    def run(cmd, **kw):
-        ran.append(cmd)
-
+    run = _Pip()
+    held = tmp_path / "held.txt"
     colab_env = {"COLAB_RELEASE_TAG": "x", "COLAB_GPU": "1"}
     done = colab.setup("10", environ=colab_env, run=run, installed=lambda n: False,
-                       data_folder=lambda: tmp_path)
-    assert ran == done and len(ran) == 1 and "onnxruntime>=1.20,<1.33" in ran[0]
+                       data_folder=lambda: tmp_path, constraints=held)
+    assert run.ran == done and len(run.ran) == 1 and "onnxruntime>=1.20,<1.33" in run.ran[0]
+    assert run.ran[0][5:7] == ["-c", str(held)]  # the runtime's frameworks held
     assert colab.setup("10", environ={}, run=run, installed=lambda n: False,
                        data_folder=lambda: tmp_path) == []
     assert colab.colab_accelerator(colab_env) == "GPU"
     assert colab.colab_accelerator({"COLAB_RELEASE_TAG": "x", "COLAB_TPU_ADDR": "10.0.0.2"}) == "TPU"
+
+
+def test_setup_installs_the_others_when_one_package_cannot_live_beside_the_frameworks(
+        tmp_path, capsys):
+    run = _Pip(refused={"jax2onnx"})
+    colab.setup("10", environ={"COLAB_RELEASE_TAG": "x"}, run=run, installed=lambda n: False,
+                data_folder=lambda: tmp_path, constraints=tmp_path / "held.txt")
+    wanted = colab.LESSON_PACKAGES["10"]
+    singles = [cmd[7:] for cmd in run.ran[1:]]
+    assert singles == [[r] for r in wanted]  # all at once refused, then one by one
+    out = capsys.readouterr().out
+    assert "could not install jax2onnx" in out and "skips the part that needs it" in out
+    assert "could not install onnx>" not in out
+
+
+def test_setup_fetches_reference_records_for_the_lessons_that_read_them(tmp_path):
+    fetched = []
+    for lesson in ("01", "12"):
+        colab.setup(lesson, environ={"COLAB_RELEASE_TAG": "x"}, run=_Pip(),
+                    installed=lambda n: True, data_folder=lambda: tmp_path,
+                    reference_folder=lambda lesson=lesson: fetched.append(lesson) or tmp_path)
+    assert fetched == ["12"]
 
 
 @pytest.fixture
@@ -158,6 +230,50 @@ def test_fetch_data_with_a_corrupted_file_leaves_no_manifest(data_server, tmp_pa
     assert not list((tmp_path / "cache").glob(".*tmp")), "a temporary file was left behind"
 
 
+def test_fetch_folder_fetches_nested_reference_records_and_refuses_escapes(tmp_path):
+    served = tmp_path / "served"
+    shutil.copytree(ROOT / "results" / "reference",
+                    served / colab.GITHUB_REPO / colab.RELEASE_REF / "results" / "reference")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        folder = colab.fetch_folder("results/reference", base_url=base, folder=tmp_path / "ref")
+        manifest = json.loads((ROOT / "results" / "reference" / "MANIFEST.json").read_text())
+        for name, entry in manifest.items():
+            assert data.sha256_of(folder / name) == entry["sha256"]
+        from course_lib import evidence
+
+        records = evidence.load_records(tmp_path / "no-run", folder)
+        assert set(records["lesson"]) >= {"09"} and records["is_reference"].all()
+        manifest_path = served / colab.GITHUB_REPO / colab.RELEASE_REF / "results/reference/MANIFEST.json"
+        manifest_path.write_text(json.dumps({"../../secret": {"sha256": "0" * 64}}))
+        with pytest.raises(data.DataError, match="outside"):
+            colab.fetch_folder("results/reference", base_url=base, folder=tmp_path / "evil")
+    finally:
+        server.shutdown()
+
+
+def test_reference_manifest_lists_every_committed_reference_record():
+    """results/reference/MANIFEST.json is what Colab's setup downloads and checks."""
+    ref = ROOT / "results" / "reference"
+    manifest = json.loads((ref / "MANIFEST.json").read_text(encoding="utf-8"))
+    files = {str(p.relative_to(ref)) for p in ref.rglob("*.jsonl")}
+    assert set(manifest) == files, "regenerate results/reference/MANIFEST.json (see its README)"
+    for name, entry in manifest.items():
+        assert data.sha256_of(ref / name) == entry["sha256"], f"{name} changed; regenerate"
+
+
+def test_raw_base_url_can_be_a_mirror(monkeypatch):
+    monkeypatch.delenv("COURSE_RAW_BASE_URL", raising=False)
+    assert colab.raw_url("data/x.csv", ref="main").startswith(
+        f"https://raw.githubusercontent.com/{colab.GITHUB_REPO}/main/")
+    monkeypatch.setenv("COURSE_RAW_BASE_URL", "http://mirror.example/")
+    assert colab.raw_url("data/x.csv", ref="main") == (
+        f"http://mirror.example/{colab.GITHUB_REPO}/main/data/x.csv")
+
+
 def test_fetch_data_without_a_manifest_says_what_to_do(data_server, tmp_path):
     base_url, target = data_server
     (target / "MANIFEST.json").unlink()
@@ -171,50 +287,44 @@ def _requirements():
     return project, {Requirement(r).name.lower(): Requirement(r) for r in reqs}
 
 
-@pytest.mark.parametrize("runtime_kind", sorted(colab.COLAB_SHIPS))
-def test_pyproject_ranges_admit_what_colab_ships(runtime_kind):
-    """The version window: every lower bound admits Colab's versions (CURRICULUM section 8)."""
+def _colab_versions():
+    sys.path.insert(0, str(ROOT / "tools"))
+    import colab_lane
+
+    return colab_lane.read_versions()
+
+
+def test_pyproject_lower_bounds_are_the_versions_the_colab_lane_runs():
+    """The version window: each declared package's lower bound is exactly the version of
+    colab/versions.txt (what make test-colab runs), so the bound is tested, not guessed."""
     project, reqs = _requirements()
-    ships = colab.COLAB_SHIPS[runtime_kind]
+    pins = _colab_versions()
     from packaging.specifiers import SpecifierSet
 
-    assert SpecifierSet(project["requires-python"]).contains(ships["python"])
-    for name, version in ships.items():
-        if name == "python":
-            continue
+    assert SpecifierSet(project["requires-python"]).contains("3.13")
+    checked = 0
+    for name, version in pins.items():
         req = reqs.get(name) or reqs.get(f"{name}-cpu")
-        assert req is not None, f"pyproject.toml does not declare {name}"
-        assert req.specifier.contains(version), f"{req} does not admit Colab's {name} {version}"
+        if req is None:
+            continue
+        lower = [s.version for s in req.specifier if s.operator == ">="]
+        assert lower == [version], f"{req}: its lower bound should be Colab's {version}"
+        checked += 1
+    assert checked >= 10
+    for lesson, wanted in colab.LESSON_PACKAGES.items():
+        for r in map(Requirement, wanted):
+            pin = pins.get(r.name) or pins.get(r.name.removesuffix("-cpu"))
+            assert pin is None or r.specifier.contains(pin), f"lesson {lesson}: {r} vs {pin}"
 
 
-def test_colab_table_matches_the_curriculum():
+def test_colab_versions_match_the_curriculum():
     text = (ROOT.parent / "shared" / "CURRICULUM.md")
     if not text.is_file():
         pytest.skip("../shared/CURRICULUM.md is not beside this checkout")
     section = text.read_text(encoding="utf-8").split("## 8.")[1]
-    for name, version in colab.COLAB_SHIPS["cpu/gpu"].items():
-        label = {"tensorflow": "TensorFlow", "keras": "Keras", "torch": "PyTorch", "jax": "JAX",
-                 "flax": "Flax", "scikit-learn": "scikit-learn", "numpy": "NumPy",
-                 "python": "Python"}[name]
-        assert f"{label} {version}" in section, f"CURRICULUM section 8 no longer says {label} {version}"
-
-
-def test_lesson_packages_use_the_ranges_of_pyproject():
-    """LESSON_PACKAGES repeats ranges of pyproject.toml (Colab installs them without the
-    repository's pyproject): they must not drift apart."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    declared = {}  # name -> specifier; "xgboost-cpu" (the lock's CPU build) also as "xgboost"
-    for text in [*project["dependencies"], *(r for group in project["optional-dependencies"]
-                                            .values() for r in group)]:
-        req = Requirement(text)
-        declared[req.name.lower()] = declared[req.name.lower().removesuffix("-cpu")] = req.specifier
-    for lesson, wanted in colab.LESSON_PACKAGES.items():
-        for text in wanted:
-            req = Requirement(text)
-            assert declared.get(req.name.lower()) == req.specifier, (lesson, text)
-
-
-def test_binder_url_follows_the_colab_links():
-    link = colab.colab_url("03_pytorch.ipynb", repo="someone/course", ref="v2")
-    assert colab.binder_url_for(link) == colab.binder_url(repo="someone/course", ref="v2")
-    assert colab.binder_url_for("https://example.org/x") is None
+    pins = _colab_versions()
+    labels = {"tensorflow": "TensorFlow", "keras": "Keras", "torch": "PyTorch", "jax": "JAX",
+              "flax": "Flax", "scikit-learn": "scikit-learn", "numpy": "NumPy"}
+    for name, label in labels.items():
+        major_minor = ".".join(pins[name].split(".")[:2])
+        assert f"{label} {major_minor}" in section, f"CURRICULUM section 8 no longer says {label} {major_minor}"
