@@ -1,6 +1,6 @@
-"""Execute one gradeable notebook in a fresh kernel; run as a subprocess by ``course_lib.grading``.
+"""Execute one gradeable notebook in a fresh kernel; run as a subprocess by ``course_tools.grading.release``.
 
-    python -m course_lib.grading_worker JOB_DIR
+    python -m course_tools.grading.worker JOB_DIR
 
 ``JOB_DIR`` holds ``job.json`` (written by the grader: the working folder, the time limit of
 the answer and tests cells, that of the lesson's other cells, the kernel's environment) and
@@ -102,10 +102,10 @@ def run(job_dir: Path) -> int:
 
 
 def main(argv=None) -> int:
-    """Command line entry: ``python -m course_lib.grading_worker JOB_DIR``."""
+    """Command line entry: ``python -m course_tools.grading.worker JOB_DIR``."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m course_lib.grading_worker JOB_DIR", file=sys.stderr)
+        print("usage: python -m course_tools.grading.worker JOB_DIR", file=sys.stderr)
         return 2
     return run(Path(argv[0]))
 
