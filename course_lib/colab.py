@@ -302,9 +302,9 @@ def fetch_folder(path: str, *, repo: str = GITHUB_REPO, ref: str = RELEASE_REF,
         data.fetch(raw_url(f"{path}/{name}", repo=repo, ref=ref, base_url=base_url),
                    manifest[name]["sha256"], fname=parts[-1],
                    folder=folder.joinpath(*parts[:-1]))
-    tmp = folder / f".MANIFEST.json.{os.getpid()}.tmp"  # last: the folder is complete
-    tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    os.replace(tmp, folder / "MANIFEST.json")
+    from course_lib import paths
+
+    paths.write_text_atomic(folder / "MANIFEST.json", json.dumps(manifest, indent=2))  # last
     return folder
 
 

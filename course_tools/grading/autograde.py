@@ -48,6 +48,7 @@ from pathlib import Path
 
 import nbformat
 
+from course_lib import paths
 from course_tools.grading import release as grading
 from course_tools.grading.release import GradingError, Lesson, Student
 
@@ -747,11 +748,7 @@ def grades_table(grades: list, lessons: list) -> tuple[list, list]:
     return columns, rows
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+_write_text = paths.write_text_atomic
 
 
 def grade(submissions: str | os.PathLike, roster: str | os.PathLike, out: str | os.PathLike, *,

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import nbformat
 
+from course_lib import paths
 from course_tools import nbclean
 from course_tools.runner import find_lessons
 
@@ -541,11 +542,7 @@ def find_leaks(lesson: Lesson, nb) -> list[str]:
     return leaks
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+_write_atomic = paths.write_text_atomic
 
 
 def _check_new_folder(out: Path) -> None:

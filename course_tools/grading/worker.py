@@ -24,11 +24,7 @@ from pathlib import Path
 
 import nbformat
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+from course_lib.paths import write_text_atomic as _write_atomic
 
 
 def run(job_dir: Path) -> int:
