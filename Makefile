@@ -1,6 +1,7 @@
 # The course's commands. Each creates .venv from requirements.lock on first use.
 #   make course [PROFILE=full|smoke] [LESSONS="00 01"]   execute the lessons, build the site
 #   make test                                            the whole test suite (what CI runs)
+#   make test-fast                                       unit tests only, under 2 minutes
 #   make test-colab [PYTHON313=...] [LESSONS="02 10"]   every lesson on Colab's own versions
 #   make lab                                             JupyterLab on the notebooks
 #   make release VERSION=v0.2.0                          badges and setup cells -> tag, commit, tag
@@ -15,7 +16,7 @@ JOBS ?= 2
 # The CPU build of torch 2.13.0 lies in /opt/wheels on the course machines; elsewhere pip finds it on PyPI.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: course test test-colab release lab lint env lock clean browser
+.PHONY: course test test-fast test-colab release lab lint env lock clean browser
 
 env: $(STAMP)
 
@@ -30,7 +31,7 @@ $(STAMP): requirements.lock pyproject.toml
 	@touch $(STAMP)
 
 course: $(STAMP)
-	$(PY) -m course_lib course --profile $(PROFILE) $(if $(LESSONS),--lessons $(LESSONS),)
+	$(PY) -m course_tools course --profile $(PROFILE) $(if $(LESSONS),--lessons $(LESSONS),)
 
 # Debian's chromium for the site's browser test (tests/test_site_browser.py): installed with
 # apt-get when missing (sudo when not root). COURSE_SKIP_BROWSER=1 skips the install and the test.
@@ -42,11 +43,17 @@ browser:
 # Unit tests and every lesson (nbval, smoke profile) in parallel; lesson results go to
 # build/test-results so that they never mix with a `make course` run's.
 test: $(STAMP) browser
-	$(PY) -m ruff check course_lib tests notebooks tools
+	$(PY) -m ruff check course_lib course_tools tests notebooks tools
 	rm -rf build/test-results
 	COURSE_PROFILE=smoke COURSE_RESULTS_DIR=$(CURDIR)/build/test-results \
 	  TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -n $(JOBS) --dist loadgroup --nbval-lax \
 	  --durations=15 $(PYTEST_ARGS)
+
+# The inner loop: ruff and the unit tests of both packages, no lesson executed (no nbval, no
+# test marked slow).
+test-fast: $(STAMP)
+	$(PY) -m ruff check course_lib course_tools tests notebooks tools
+	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -n $(JOBS) --dist loadgroup -m "not slow" tests $(PYTEST_ARGS)
 
 # The Colab lane (tools/colab_lane.py): Python 3.13 and colab/versions.txt in build/colab/env
 # (built once, ~3 min and ~8 GB), every lesson through its real Colab setup cell, then again
@@ -65,14 +72,14 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks
 
 lint: $(STAMP)
-	$(PY) -m ruff check course_lib tests notebooks tools
+	$(PY) -m ruff check course_lib course_tools tests notebooks tools
 	$(PY) tools/nbclean.py --check notebooks/*.ipynb
 
 # Re-resolve the lock from pyproject's ranges (needs the package registries).
 lock:
 	rm -rf build/lockenv && $(PYTHON) -m venv build/lockenv
 	build/lockenv/bin/pip install --quiet --upgrade "pip>=24"
-	build/lockenv/bin/pip install --quiet $(FIND_LINKS) "torch==2.13.0" -e ".[frameworks,export,site,dev,instructor]"
+	build/lockenv/bin/pip install --quiet $(FIND_LINKS) "torch==2.13.0" -e ".[frameworks,export,tools,site,dev,instructor]"
 	{ echo "# Exact versions CI and 'make' install (Python 3.11, CPU builds). Regenerate with: make lock"; \
 	  build/lockenv/bin/pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > requirements.lock.tmp
 	mv requirements.lock.tmp requirements.lock

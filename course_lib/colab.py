@@ -18,7 +18,8 @@ Every lesson starts with
 ``tools/colab_lane.py`` (``make test-colab``) runs every lesson through this cell on Colab's
 own versions (``colab/versions.txt``).
 
-``tools/nbclean.py`` writes both into every lesson it cleans (:func:`apply_to_notebook`);
+``tools/nbclean.py`` writes both into every lesson it cleans
+(``course_tools.nbclean.apply_colab_cells``);
 ``tests/test_colab.py`` fails when one is missing or points at the wrong file.
 
 Maintainers: :data:`GITHUB_REPO` and :data:`RELEASE_REF` are the only two settings;
@@ -301,9 +302,9 @@ def fetch_folder(path: str, *, repo: str = GITHUB_REPO, ref: str = RELEASE_REF,
         data.fetch(raw_url(f"{path}/{name}", repo=repo, ref=ref, base_url=base_url),
                    manifest[name]["sha256"], fname=parts[-1],
                    folder=folder.joinpath(*parts[:-1]))
-    tmp = folder / f".MANIFEST.json.{os.getpid()}.tmp"  # last: the folder is complete
-    tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    os.replace(tmp, folder / "MANIFEST.json")
+    from course_lib import paths
+
+    paths.write_text_atomic(folder / "MANIFEST.json", json.dumps(manifest, indent=2))  # last
     return folder
 
 
@@ -391,37 +392,3 @@ def colab_accelerator(environ: Mapping[str, str] | None = None) -> str:
     if env.get("COLAB_GPU"):
         return "GPU"
     return "CPU"
-
-
-def apply_to_notebook(nb, notebook: str, *, repo: str = GITHUB_REPO, ref: str = RELEASE_REF):
-    """Put the badge and the setup cell into lesson notebook ``nb`` (in place); return ``nb``.
-
-    ``nb`` is an nbformat 4 NotebookNode whose first cell is the markdown title (``# NN ·
-    Title``). The badge goes on the line after the title (an existing badge is replaced); the
-    setup cell becomes the first code cell (an existing one, recognised by
-    :data:`SETUP_MARKER`, is rewritten). Raises ValueError when the first cell is not a
-    markdown title or the name is not a lesson notebook.
-    """
-    import nbformat
-
-    badge = badge_markdown(notebook, repo=repo, ref=ref)
-    title = nb.cells[0] if nb.cells else None
-    if title is None or title.cell_type != "markdown" or not title.source.startswith("# "):
-        raise ValueError(f"{notebook}: the first cell must be the markdown title '# NN · ...'")
-    lines = [line for line in title.source.split("\n") if find_badge(line) != line.strip()]
-    rest = "\n".join(lines[1:]).strip("\n")
-    title.source = f"{lines[0]}\n\n{badge}" + (f"\n\n{rest}" if rest else "")
-    source = setup_cell_source(notebook, repo=repo, ref=ref)
-    existing = next((c for c in nb.cells if c.cell_type == "code"
-                     and c.source.startswith(SETUP_MARKER)), None)
-    if existing is not None:
-        existing.source = source
-        existing.outputs, existing.execution_count = [], None
-        nb.cells.remove(existing)
-        cell = existing
-    else:
-        cell = nbformat.v4.new_code_cell(source)
-        cell.id = "colab-setup"
-    first_code = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code"), len(nb.cells))
-    nb.cells.insert(first_code, cell)
-    return nb

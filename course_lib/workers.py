@@ -46,6 +46,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from course_lib import paths
+
 __all__ = [
     "WorkerCrashed",
     "WorkerError",
@@ -170,9 +172,7 @@ def _worker_dir(result_dir) -> Path:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj), encoding="utf-8")
-    os.replace(tmp, path)  # atomic: a reader never sees half a file
+    paths.write_text_atomic(path, json.dumps(obj))  # a reader never sees half a file
 
 
 def report(stage: str, *, name: str | None = None, result_dir=None) -> None:

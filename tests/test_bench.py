@@ -13,8 +13,9 @@ import time
 import numpy as np
 import pytest
 
-from course_lib import bench, bench_cli, results
-from course_lib.__main__ import build_parser
+from course_lib import bench, results
+from course_tools import bench_cli
+from course_tools.cli import build_parser
 
 
 class FakeClock:

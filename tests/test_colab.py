@@ -16,6 +16,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from course_lib import colab, data
+from course_tools import nbclean
 
 ROOT = Path(__file__).resolve().parent.parent
 LESSONS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -68,9 +69,9 @@ def test_apply_to_notebook_is_idempotent_and_replaces_a_wrong_badge():
     wrong = colab.badge_markdown("07_sequence_models.ipynb")
     nb.cells = [nbformat.v4.new_markdown_cell(f"# 06 · CNNs\n\n{wrong}\n\nText."),
                 nbformat.v4.new_code_cell("import os", metadata={"tags": ["parameters"]})]
-    colab.apply_to_notebook(nb, "06_cnns_four_ways.ipynb")
+    nbclean.apply_colab_cells(nb, "06_cnns_four_ways.ipynb")
     once = nbformat.writes(nb)
-    colab.apply_to_notebook(nb, "06_cnns_four_ways.ipynb")
+    nbclean.apply_colab_cells(nb, "06_cnns_four_ways.ipynb")
     assert nbformat.writes(nb) == once
     assert colab.find_badge(nb.cells[0].source) == colab.badge_markdown("06_cnns_four_ways.ipynb")
     assert nb.cells[0].source.endswith("Text.") and wrong not in nb.cells[0].source

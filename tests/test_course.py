@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_lib import course
+from course_tools import runner as course
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,7 +100,7 @@ def test_bad_profile_parameter_fails_the_lesson_with_advice(lessons, tmp_path):
 
 
 def test_cli_rejects_bad_profile_and_lesson_before_running(lessons, tmp_path, capsys):
-    from course_lib.__main__ import main
+    from course_tools.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(["course", "--profile", "quick", "--notebooks", str(lessons)])

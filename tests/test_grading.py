@@ -20,8 +20,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_lib import grading, grading_run
-from course_lib.course import LESSON_PATTERN
+from course_tools.grading import autograde as grading_run
+from course_tools.grading import release as grading
+from course_tools.runner import LESSON_PATTERN
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -351,7 +352,7 @@ def test_missing_and_unreadable_submissions_get_a_row_and_a_reason(tmp_path):
 def test_kernel_caches_stay_in_the_sandbox_whatever_the_grader_inherited(tmp_path, monkeypatch):
     """torch's first torch.compile sets TORCHINDUCTOR_CACHE_DIR=/tmp/... in the grader's own
     environment; a kernel inheriting it wrote there and was reported as tampering."""
-    from course_lib import grading_run
+    from course_tools.grading import autograde as grading_run
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/torchinductor_elsewhere")
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/tmp/jax_cache_elsewhere")

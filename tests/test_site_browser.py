@@ -21,7 +21,8 @@ from urllib.parse import urlparse
 import nbformat
 import pytest
 
-from course_lib import course, results
+from course_lib import results
+from course_tools import runner as course
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "build" / "screenshots"

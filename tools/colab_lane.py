@@ -191,6 +191,40 @@ def snapshot_repository(out: Path) -> tuple[Path, str]:
     return remote, commit
 
 
+#: What the core install must never bring (the tooling's dependencies: ``course_tools``).
+TOOLING_ONLY = ("papermill", "nbformat", "nbgrader", "sphinx", "myst-nb", "nbclient")
+
+
+def check_core_install(python313: str, remote: Path, out: Path) -> list[str]:
+    """Install ``course_lib`` alone, as the setup cell does (non-editable, from the snapshot at
+    the badge's ref), into an empty Python 3.13 environment; import every module of the core
+    there. Returns the problems found (empty when the core stands on its declared
+    dependencies and brings none of :data:`TOOLING_ONLY`)."""
+    log = out / "core-install.log"
+    log.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="colab-lane-core-") as tmp:
+        venv = Path(tmp) / "core"
+        _run([python313, "-m", "venv", venv], log, check=True)
+        py = venv / "bin" / "python"
+        spec = f"course_lib @ git+{remote.as_uri()}@{colab.RELEASE_REF}"
+        if _run([py, "-m", "pip", "install", "--progress-bar", "off", spec], log).returncode:
+            return [f"pip could not install the core alone (log: {log})"]
+        probe = ("import importlib, pkgutil, course_lib\n"
+                 "names = sorted(m.name for m in pkgutil.iter_modules(course_lib.__path__))\n"
+                 "[importlib.import_module('course_lib.' + n) for n in names]\n"
+                 "print(len(names))")
+        proc = _run([py, "-c", probe], log, cwd=tmp)
+        problems = [] if proc.returncode == 0 else [
+            "a core module does not import with only the core's dependencies: "
+            + (proc.stderr.strip().splitlines() or ["?"])[-1]]
+        freeze = _run([py, "-m", "pip", "freeze"], log, check=True).stdout.lower()
+        brought = [name for name in TOOLING_ONLY
+                   if re.search(rf"^{re.escape(name)}[=@ ]", freeze, re.M)]
+        if brought:
+            problems.append(f"installing the core brought the tooling's {brought}")
+    return problems
+
+
 def serve_raw_files(out: Path, commit: str) -> tuple[http.server.ThreadingHTTPServer, str]:
     """Serve the snapshot's files as raw.githubusercontent.com does
     (``/<owner>/<name>/<ref>/<path>``) on 127.0.0.1; return the server and its base URL."""
@@ -368,6 +402,12 @@ def main(argv=None) -> int:
     envs = build_environment(Path(args.env_dir).resolve(), python313)
     remote, commit = snapshot_repository(out)
     server, raw_url = serve_raw_files(out, commit)
+    t_core = time.perf_counter()
+    core_problems = check_core_install(python313, remote, out)
+    print(f"  core   {'passed' if not core_problems else 'failed':6s} "
+          f"{time.perf_counter() - t_core:5.0f} s  course_lib alone on Python 3.13: "
+          + (" | ".join(core_problems) or "every module imports, no papermill/nbformat/Sphinx"),
+          flush=True)
     print(f"colab lane: {len(notebooks)} lessons x {args.variants}, smoke profile, "
           f"course_lib from this checkout (snapshot {commit[:10]}) at ref "
           f"'{colab.RELEASE_REF}'; logs in {(out / 'runs').relative_to(ROOT)}", flush=True)
@@ -399,11 +439,14 @@ def main(argv=None) -> int:
         server.shutdown()
     rows.sort(key=lambda r: (r["variant"], r["lesson"]))
     failed = [r for r in rows if r["status"] != "passed"]
+    if core_problems:
+        failed.append({"lesson": "core", "problems": core_problems})
     (out / "summary.json").write_text(json.dumps({
         "versions": read_versions(), "ref": colab.RELEASE_REF, "snapshot": commit,
-        "python": python313, "seconds": round(time.perf_counter() - t0), "lessons": rows},
+        "python": python313, "seconds": round(time.perf_counter() - t0),
+        "core_install": core_problems or "passed", "lessons": rows},
         indent=2), encoding="utf-8")
-    print(f"colab lane: {len(rows) - len(failed)}/{len(rows)} passed in "
+    print(f"colab lane: {len(rows) - len(failed) + bool(core_problems)}/{len(rows)} lessons passed in "
           f"{time.perf_counter() - t0:.0f} s; summary {(out / 'summary.json').relative_to(ROOT)}")
     return 1 if failed else 0
 

@@ -1,143 +1,15 @@
-"""Keep lesson notebooks reviewable: strip outputs and execution counts.
-
-Outputs are kept only in cells whose source contains ``# NBVAL_CHECK_OUTPUT``: nbval compares
-those against a fresh run, so their (small, deterministic) outputs are part of the source.
-
-Exercises follow nbgrader's conventions, derived here from two cell tags so that authors
-never edit JSON metadata by hand:
-
-- a cell tagged ``solution`` holds the answer between ``### BEGIN SOLUTION`` and
-  ``### END SOLUTION`` lines; it gets nbgrader metadata ``solution: true``, ``grade_id:
-  exK_solution`` (K counts the solution cells from 1);
-- the next cell tagged ``tests`` starts with ``# points: N`` and holds the tests: public asserts,
-  then optionally hidden ones between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS``;
-  it gets ``grade: true, points: N, locked: true, grade_id: exK_tests``.
+"""Keep lesson notebooks reviewable: ``course_tools.nbclean`` (see its docstring).
 
     python tools/nbclean.py notebooks/*.ipynb            # strip in place
     python tools/nbclean.py --check notebooks/*.ipynb    # exit 1 if a file is not clean
-    python tools/nbclean.py --execute notebooks/00_*.ipynb
-        # run on a fresh kernel (smoke profile) to refresh the check cells' outputs, then strip
 """
 
-from __future__ import annotations
-
-import argparse
-import copy
-import os
-import re
 import sys
 from pathlib import Path
 
-import nbformat
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from course_lib import colab  # noqa: E402
-
-CHECK = "# NBVAL_CHECK_OUTPUT"
-KEEP_METADATA = {"tags", "nbgrader"}
-LESSON = re.compile(r"\d\d_[A-Za-z0-9_]+\.ipynb")
-POINTS = re.compile(r"^# points: (\d+(?:\.\d+)?)\s*$")
-
-
-class ExerciseFormatError(ValueError):
-    """A solution/tests cell does not follow the conventions above."""
-
-
-def nbgrader_metadata(nb) -> None:
-    """Set nbgrader metadata on the cells tagged ``solution`` and ``tests`` (in place)."""
-    number = 0
-    for index, cell in enumerate(nb.cells):
-        tags = cell.metadata.get("tags", [])
-        cell.metadata.pop("nbgrader", None)
-        if "solution" in tags:
-            number += 1
-            if "### BEGIN SOLUTION" not in cell.source or "### END SOLUTION" not in cell.source:
-                raise ExerciseFormatError(f"cell {index}: a solution cell needs ### BEGIN "
-                                          "SOLUTION and ### END SOLUTION lines")
-            cell.metadata["nbgrader"] = {"grade": False, "grade_id": f"ex{number}_solution",
-                                         "locked": False, "schema_version": 3, "solution": True}
-        elif "tests" in tags:
-            first = cell.source.splitlines()[0] if cell.source else ""
-            match = POINTS.match(first)
-            if not match or number == 0:
-                raise ExerciseFormatError(f"cell {index}: a tests cell must follow a solution "
-                                          "cell and start with a '# points: N' line")
-            points = float(match.group(1))
-            cell.metadata["nbgrader"] = {"grade": True, "grade_id": f"ex{number}_tests",
-                                         "locked": True, "points": int(points)
-                                         if points.is_integer() else points,
-                                         "schema_version": 3, "solution": False}
-
-
-def clean(nb, name: str | None = None):
-    """Return a stripped copy of ``nb`` (an nbformat NotebookNode). With the lesson's file
-    ``name`` (``NN_name.ipynb``), the Colab badge and setup cell are written too
-    (``course_lib.colab.apply_to_notebook``)."""
-    nb = copy.deepcopy(nb)
-    if name and LESSON.fullmatch(name):
-        colab.apply_to_notebook(nb, name)
-    nb.metadata = {
-        "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python",
-                       "name": "python3"},
-        "language_info": {"name": "python"},
-        **({"colab": nb.metadata["colab"]} if "colab" in nb.metadata else {}),
-    }
-    for cell in nb.cells:
-        cell.metadata = {k: v for k, v in cell.metadata.items() if k in KEEP_METADATA}
-    nbgrader_metadata(nb)
-    code_number = 0
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            code_number += 1
-            cell.execution_count = None
-            if CHECK in cell.source:
-                # nbval refuses a reference cell that has outputs but no execution count, so
-                # check cells keep one: the cell's position among code cells (stable in diffs).
-                cell.execution_count = code_number
-                for out in cell.outputs:
-                    if "execution_count" in out:
-                        out["execution_count"] = code_number
-                    if "metadata" in out:
-                        out["metadata"] = {}
-            else:
-                cell.outputs = []
-    return nb
-
-
-def execute(path: Path):
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(path, as_version=4)
-    env_profile = os.environ.setdefault("COURSE_PROFILE", "smoke")
-    print(f"executing {path} (profile {env_profile}) ...", flush=True)
-    NotebookClient(nb, timeout=1800, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
-    return nb
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="+", type=Path)
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--check", action="store_true")
-    mode.add_argument("--execute", action="store_true")
-    args = parser.parse_args(argv)
-    dirty = []
-    for path in args.paths:
-        nb = execute(path) if args.execute else nbformat.read(path, as_version=4)
-        cleaned = clean(nb, path.name)
-        text = nbformat.writes(cleaned) + "\n"
-        if args.check:
-            if path.read_text(encoding="utf-8") != text:
-                dirty.append(path)
-        else:
-            path.write_text(text, encoding="utf-8")
-    if dirty:
-        print("not clean (run: python tools/nbclean.py FILES):", *dirty, sep="\n  ")
-        return 1
-    return 0
-
+from course_tools.nbclean import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -65,12 +65,13 @@ def rewrite_badges(ref: str) -> list[Path]:
     import nbformat
 
     from course_lib import colab
+    from course_tools import nbclean
 
     written = []
     for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
         nb = nbformat.read(path, as_version=4)
         before = nbformat.writes(nb)
-        colab.apply_to_notebook(nb, path.name, ref=ref)
+        nbclean.apply_colab_cells(nb, path.name, ref=ref)
         if nbformat.writes(nb) != before:
             nbformat.write(nb, path)
             written.append(path)

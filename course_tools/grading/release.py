@@ -1,5 +1,5 @@
 """Graded variants of the lessons: student releases per student (``assign``) and autograding
-(``grade``, in :mod:`course_lib.grading_run`). CURRICULUM section 7, issue 8.
+(``grade``, in :mod:`course_tools.grading.autograde`). CURRICULUM section 7, issue 8.
 
 The lessons follow nbgrader's conventions (CONTRIBUTING.md): a cell tagged ``solution`` holds
 the answer between ``### BEGIN SOLUTION`` / ``### END SOLUTION``; the next cell tagged
@@ -23,9 +23,7 @@ from __future__ import annotations
 import ast
 import copy
 import csv
-import functools
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -37,7 +35,9 @@ from pathlib import Path
 
 import nbformat
 
-from course_lib.course import find_lessons
+from course_lib import paths
+from course_tools import nbclean
+from course_tools.runner import find_lessons
 
 SOLUTION_BEGIN, SOLUTION_END = "### BEGIN SOLUTION", "### END SOLUTION"
 HIDDEN_BEGIN, HIDDEN_END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
@@ -48,7 +48,6 @@ STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 RESERVED_COLUMNS = ("id", "name")
 NOT_PER_STUDENT = ("PROFILE",)  # chosen when the notebook runs (COURSE_PROFILE), not per student
 _NOT_LITERAL = object()
-_ROOT = Path(__file__).resolve().parent.parent
 
 
 class GradingError(ValueError):
@@ -117,16 +116,6 @@ def _grade_id(cell) -> str | None:
     return cell.metadata.get("nbgrader", {}).get("grade_id")
 
 
-@functools.cache
-def _nbclean():
-    path = _ROOT / "tools" / "nbclean.py"
-    if not path.is_file():
-        return None
-    spec = importlib.util.spec_from_file_location("_course_nbclean", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def _parse_parameters(source: str, where: str) -> dict:
     try:
@@ -171,12 +160,10 @@ def load_lesson(path: str | os.PathLike) -> Lesson:
         nb = nbformat.read(path, as_version=4)
     except Exception as exc:  # noqa: BLE001 - any parse failure is the same message
         raise LessonFormatError(f"{path.name}: not a readable notebook ({exc})") from None
-    cleaner = _nbclean()
-    if cleaner is not None:
-        try:
-            cleaner.nbgrader_metadata(nb)
-        except ValueError as exc:
-            raise LessonFormatError(f"{path.name}: {exc}") from None
+    try:
+        nbclean.nbgrader_metadata(nb)
+    except ValueError as exc:
+        raise LessonFormatError(f"{path.name}: {exc}") from None
     params = next((c for c in nb.cells if c.cell_type == "code"
                    and "parameters" in c.metadata.get("tags", [])), None)
     if params is None:
@@ -555,11 +542,7 @@ def find_leaks(lesson: Lesson, nb) -> list[str]:
     return leaks
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+_write_atomic = paths.write_text_atomic
 
 
 def _check_new_folder(out: Path) -> None:

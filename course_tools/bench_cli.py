@@ -1,4 +1,4 @@
-"""``python -m course_lib bench``: lesson 09's training-step benchmarks outside Jupyter.
+"""``python -m course_tools bench``: lesson 09's training-step benchmarks outside Jupyter.
 
 Runs the reference MLP's training step (forward, softmax cross-entropy, backward, plain SGD
 update, batch ``--batch``) at the chosen sizes in every chosen framework and mode, each
@@ -21,13 +21,13 @@ Frameworks and modes (``--modes`` filters by name):
   sklearn              partial_fit (MLPClassifier, solver="sgd")
 
 Examples:
-  python -m course_lib bench --sizes tiny --frameworks jax,torch --repeats 3
-  python -m course_lib bench --out results/reference/my-gpu          # everything, all sizes
+  python -m course_tools bench --sizes tiny --frameworks jax,torch --repeats 3
+  python -m course_tools bench --out results/reference/my-gpu          # everything, all sizes
 
 On a machine with a CUDA GPU, PyTorch, JAX, TensorFlow and Keras run the steps on the GPU
 (``ran_on="gpu"`` in the records), and each worker also records the GPU's matmul rate in
 float32, TF32 and bfloat16. This module's top level imports only the standard library, so
-``python -m course_lib --help`` stays fast; workers import what they benchmark.
+``python -m course_tools --help`` stays fast; workers import what they benchmark.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def _positive_int(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``bench`` options to ``parser`` (used by ``python -m course_lib``)."""
+    """Add the ``bench`` options to ``parser`` (used by ``python -m course_tools``)."""
     parser.add_argument("--sizes", default=DEFAULT_SIZES, metavar="LIST",
                         help="MLP sizes, comma-separated: tiny (64-64-64-10), small "
                              "(784-128-128-10), medium (784-512-512-10), large "
@@ -122,8 +122,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The standalone parser (``python -m course_lib.bench_cli``)."""
-    parser = argparse.ArgumentParser(prog="python -m course_lib bench", description=__doc__,
+    """The standalone parser (``python -m course_tools.bench_cli``)."""
+    parser = argparse.ArgumentParser(prog="python -m course_tools bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     return add_arguments(parser)
 
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         label = framework + (f"[{backend}]" if backend else "")
         if not modes:
             continue
-        command = [sys.executable, "-m", "course_lib.bench_cli", "--worker", framework,
+        command = [sys.executable, "-m", "course_tools.bench_cli", "--worker", framework,
                    "--sizes", ",".join(name for name, _ in sizes),
                    "--modes", ",".join(modes), "--repeats", str(args.repeats),
                    "--batch", str(args.batch), "--min-time", str(args.min_time),
@@ -205,7 +205,7 @@ def _describe(row: dict) -> str:
 
 
 def main(argv=None) -> int:
-    """Entry point of ``python -m course_lib.bench_cli`` (parent, or ``--worker`` child)."""
+    """Entry point of ``python -m course_tools.bench_cli`` (parent, or ``--worker`` child)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--worker":
         return worker_main(argv[1:])

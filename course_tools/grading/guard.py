@@ -1,6 +1,6 @@
 """Write guard for graded student code (installed as ``sitecustomize`` in the grading kernel).
 
-``course_lib.grading`` copies this file as ``sitecustomize.py`` into a folder that it puts first
+``course_tools.grading.release`` copies this file as ``sitecustomize.py`` into a folder that it puts first
 on the kernel's ``PYTHONPATH``, so that every Python process of a graded notebook (the kernel
 and any ``python`` it starts) imports it at start-up. When ``GRADER_SANDBOX`` is set, it adds a
 Python audit hook (PEP 578) that:

@@ -1,6 +1,6 @@
-"""Execute one gradeable notebook in a fresh kernel; run as a subprocess by ``course_lib.grading``.
+"""Execute one gradeable notebook in a fresh kernel; run as a subprocess by ``course_tools.grading.release``.
 
-    python -m course_lib.grading_worker JOB_DIR
+    python -m course_tools.grading.worker JOB_DIR
 
 ``JOB_DIR`` holds ``job.json`` (written by the grader: the working folder, the time limit of
 the answer and tests cells, that of the lesson's other cells, the kernel's environment) and
@@ -24,11 +24,7 @@ from pathlib import Path
 
 import nbformat
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+from course_lib.paths import write_text_atomic as _write_atomic
 
 
 def run(job_dir: Path) -> int:
@@ -102,10 +98,10 @@ def run(job_dir: Path) -> int:
 
 
 def main(argv=None) -> int:
-    """Command line entry: ``python -m course_lib.grading_worker JOB_DIR``."""
+    """Command line entry: ``python -m course_tools.grading.worker JOB_DIR``."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m course_lib.grading_worker JOB_DIR", file=sys.stderr)
+        print("usage: python -m course_tools.grading.worker JOB_DIR", file=sys.stderr)
         return 2
     return run(Path(argv[0]))
 

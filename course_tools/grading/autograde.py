@@ -1,4 +1,4 @@
-"""Autograding of returned notebooks: ``python -m course_lib grade`` (CURRICULUM section 7).
+"""Autograding of returned notebooks: ``python -m course_tools grade`` (CURRICULUM section 7).
 
 For every student of the roster and every lesson:
 
@@ -11,11 +11,11 @@ For every student of the roster and every lesson:
    everywhere (public *and* hidden tests included), except the student's code in the answer
    cells (matched by nbgrader ``grade_id``, else by cell id), with the roster's parameters
    injected again by papermill. Nothing else of the submission is run;
-4. execute it in a separate process (:mod:`course_lib.grading_worker`, nbgrader's ``Execute``)
+4. execute it in a separate process (:mod:`course_tools.grading.worker`, nbgrader's ``Execute``)
    with a fresh kernel whose working folder and ``HOME`` are a new temporary folder, a time
    limit per cell (the cell is interrupted) and per notebook (the process and the kernel are
    killed; the cells that ran are still graded), and a write guard
-   (:mod:`course_lib.grading_hook`);
+   (:mod:`course_tools.grading.guard`);
 5. score each question: the points of its tests cell if that cell ran without an error
    (nbgrader's ``determine_grade``, so a tests cell whose last value is a number gives partial
    credit), else 0 with the reason. A failing hidden test is reported without its text.
@@ -48,8 +48,9 @@ from pathlib import Path
 
 import nbformat
 
-from course_lib import grading
-from course_lib.grading import GradingError, Lesson, Student
+from course_lib import paths
+from course_tools.grading import release as grading
+from course_tools.grading.release import GradingError, Lesson, Student
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 TRACE_LINE = re.compile(r"Cell In\[(\d+)\], line (\d+)")
@@ -254,7 +255,7 @@ def build_gradeable(lesson: Lesson, answers: dict, parameters: dict, *, release=
     the release's stub) and ``parameters`` injected by papermill; no outputs.
 
     Raises:
-        LessonFormatError: see :func:`course_lib.grading.make_release` (only when ``release``
+        LessonFormatError: see :func:`course_tools.grading.release.make_release` (only when ``release``
             must be built here).
     """
     if release is None:
@@ -413,7 +414,7 @@ def execute_gradeable(nb, job_dir: Path, *, options: Options, hook_dir: Path,
         raise RuntimeError("grading was interrupted")
     start = time.monotonic()
     with open(job_dir / "worker.log", "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "course_lib.grading_worker",
+        proc = subprocess.Popen([sys.executable, "-m", "course_tools.grading.worker",
                                  str(job_dir)], cwd=job_dir, stdout=out,
                                 stderr=subprocess.STDOUT, env=worker_env,
                                 start_new_session=True)
@@ -747,11 +748,7 @@ def grades_table(grades: list, lessons: list) -> tuple[list, list]:
     return columns, rows
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+_write_text = paths.write_text_atomic
 
 
 def grade(submissions: str | os.PathLike, roster: str | os.PathLike, out: str | os.PathLike, *,
@@ -780,7 +777,7 @@ def grade(submissions: str | os.PathLike, roster: str | os.PathLike, out: str | 
     out.mkdir(parents=True, exist_ok=True)
     temp_root = Path(tempfile.mkdtemp(prefix="course-grade-"))
     hook_dir = Path(tempfile.mkdtemp(prefix="course-grade-hook-"))
-    shutil.copyfile(Path(__file__).with_name("grading_hook.py"), hook_dir / "sitecustomize.py")
+    shutil.copyfile(Path(__file__).with_name("guard.py"), hook_dir / "sitecustomize.py")
     deny_read = [p.resolve() for p in (Path(notebooks_dir), submissions, out, temp_root)]
     tasks = [(s, lesson) for s in students for lesson in chosen]
     _STOP.clear()

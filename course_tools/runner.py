@@ -182,7 +182,7 @@ def _run_sphinx(src: Path, out: Path, doctrees: Path, timeout_s: float) -> None:
 def write_site_sources(runs: list[LessonRun], src: Path, results_dir: Path, profile: str, *,
                        docs_dir: Path | None = None) -> list[str]:
     """Write the Sphinx sources of the site into the new folder ``src``: ``conf.py`` and
-    ``_static/`` (from ``course_lib/site``), the executed notebooks (remote badge images
+    ``_static/`` (from ``course_tools/site``), the executed notebooks (remote badge images
     replaced by local copies; a failed lesson gets a warning cell after its title), the
     Markdown pages of ``docs_dir`` and the front page ``index.ipynb``. Returns the document
     names in navigation order (lessons first)."""

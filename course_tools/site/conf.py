@@ -1,4 +1,4 @@
-"""Sphinx configuration of the course site, copied by ``course_lib.course.build_site`` into
+"""Sphinx configuration of the course site, copied by ``course_tools.runner.build_site`` into
 the sources it writes (the executed lessons and the front page). Everything the pages use is
 on the machine: no intersphinx, no remote fonts, scripts or badges; the built site works from
 any static host and opened from the file system."""

@@ -1,4 +1,4 @@
-"""Command line: ``python -m course_lib <command>`` (also installed as ``course``).
+"""Command line: ``python -m course_tools <command>`` (also installed as ``course``).
 
 Commands:
   course   execute the lessons with papermill, build build/site and build/results
@@ -17,7 +17,7 @@ from course_lib import runtime
 
 
 def _course(args: argparse.Namespace) -> int:
-    from course_lib.course import run_course
+    from course_tools.runner import run_course
 
     try:
         return run_course(Path(args.notebooks), Path(args.out), profile=args.profile,
@@ -28,7 +28,7 @@ def _course(args: argparse.Namespace) -> int:
 
 
 def _assign(args: argparse.Namespace) -> int:
-    from course_lib.grading import GradingError, assign
+    from course_tools.grading.release import GradingError, assign
 
     try:
         written = assign(args.roster, args.out, notebooks_dir=args.notebooks,
@@ -46,8 +46,8 @@ def _grade(args: argparse.Namespace) -> int:
     import os
     import signal
 
-    from course_lib.grading import GradingError
-    from course_lib.grading_run import Options, grade
+    from course_tools.grading.autograde import Options, grade
+    from course_tools.grading.release import GradingError
 
     options = Options(cell_timeout=args.cell_timeout, notebook_timeout=args.notebook_timeout,
                       lesson_cell_timeout=args.lesson_cell_timeout,
@@ -78,7 +78,7 @@ def _grade(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m course_lib", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m course_tools", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     course = sub.add_parser("course", help="execute the lessons and build the site")
@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="keep the per-notebook working folders (for debugging)")
     grade.set_defaults(func=_grade)
 
-    from course_lib import bench_cli  # standard library only at import time
+    from course_tools import bench_cli  # standard library only at import time
 
     bench_cli.add_arguments(sub.add_parser(
         "bench", help="time the training step in every framework, record the figures",
