@@ -35,6 +35,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -65,22 +66,28 @@ HELD = NEVER_INSTALL | frozenset({
     "tensorboard", "jax-cuda12-plugin", "jax-cuda12-pjrt", "orbax-checkpoint",
 })
 
-#: Where the setup writes the held versions (``name==version`` lines) for ``pip install -c``.
-HELD_CONSTRAINTS = "/tmp/course-held-versions.txt"
+#: The file, in the runtime's temporary folder (``tempfile.gettempdir()``), where the setup
+#: writes the held versions (``name==version`` lines) for ``pip install -c``.
+HELD_CONSTRAINTS_NAME = "course-held-versions.txt"
+
+
+def held_constraints_path() -> Path:
+    """``<tempfile.gettempdir()>/``:data:`HELD_CONSTRAINTS_NAME` (``/tmp/...`` on Colab)."""
+    return Path(tempfile.gettempdir()) / HELD_CONSTRAINTS_NAME
 
 
 def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def held_constraints(path: str | os.PathLike = HELD_CONSTRAINTS) -> Path:
+def held_constraints(path: str | os.PathLike | None = None) -> Path:
     """Write the installed versions of :data:`HELD` as pip constraints (``name==version``, one
-    per line, sorted) to ``path`` and return it. The cell's own copy of this logic runs before
+    per line, sorted) to ``path`` (default :func:`held_constraints_path`) and return it. The cell's own copy of this logic runs before
     course_lib is installed; ``tests/test_colab.py`` checks the two write the same file."""
     lines = sorted({f"{_normalise(d.metadata['Name'])}=={d.version}"
                     for d in _metadata.distributions()
                     if d.metadata["Name"] and _normalise(d.metadata["Name"]) in HELD})
-    path = Path(path)
+    path = Path(path) if path is not None else held_constraints_path()
     path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
     return path
 
@@ -166,7 +173,7 @@ def setup_cell_source(notebook: str, *, repo: str = GITHUB_REPO, ref: str = RELE
 
     Detection: Colab sets ``COLAB_RELEASE_TAG`` in every runtime's environment (CPU, GPU and
     TPU). The cell needs nothing but the standard library before course_lib is installed: it
-    writes the runtime's versions of :data:`HELD` to :data:`HELD_CONSTRAINTS` (as
+    writes the runtime's versions of :data:`HELD` to :func:`held_constraints_path` (as
     :func:`held_constraints` does) and installs course_lib under those constraints, so that
     none of its dependencies can replace a framework.
     """
@@ -183,14 +190,16 @@ def setup_cell_source(notebook: str, *, repo: str = GITHUB_REPO, ref: str = RELE
         "\n"
         'if "COLAB_RELEASE_TAG" in os.environ:\n'
         "    import re\n"
+        "    import tempfile\n"
         "    from importlib import metadata\n"
         "\n"
         f"    HELD = {{{held}}}\n"
         "    norm = [re.sub(r\"[-_.]+\", \"-\", d.metadata[\"Name\"] or \"\").lower() + \"==\" + d.version\n"
         "            for d in metadata.distributions()]\n"
-        f'    with open("{HELD_CONSTRAINTS}", "w", encoding="utf-8") as held:\n'
+        f'    held_file = os.path.join(tempfile.gettempdir(), "{HELD_CONSTRAINTS_NAME}")\n'
+        '    with open(held_file, "w", encoding="utf-8") as held:\n'
         '        held.writelines(f"{line}\\n" for line in sorted(set(norm)) if line.split("==")[0] in HELD)\n'
-        f'    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", "{HELD_CONSTRAINTS}",\n'
+        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", held_file,\n'
         f'                    "{spec}"], check=True)\n'
         "    from course_lib import colab\n"
         "\n"
@@ -336,7 +345,7 @@ def setup(lesson: str, *, environ: Mapping[str, str] | None = None,
           run: Callable = subprocess.run, installed: Callable[[str], bool] = _installed,
           data_folder: Callable[[], Path] | None = None,
           reference_folder: Callable[[], Path] | None = None,
-          constraints: str | os.PathLike = HELD_CONSTRAINTS) -> list[list[str]]:
+          constraints: str | os.PathLike | None = None) -> list[list[str]]:
     """Prepare a Colab runtime for lesson ``lesson`` (called by the setup cell, on Colab only).
 
     Installs the lesson's missing packages (:func:`install_command`; never a framework) with
@@ -360,9 +369,10 @@ def setup(lesson: str, *, environ: Mapping[str, str] | None = None,
     if runtime.hosted_environment(env) != "colab":
         return []
     commands = []
+    constraints = Path(constraints) if constraints is not None else held_constraints_path()
     command = install_command(lesson, installed=installed, constraints=constraints)
     if command:
-        held = held_constraints(constraints) if environ is None else Path(constraints)
+        held = held_constraints(constraints) if environ is None else constraints
         wanted = command[7:]
         print("Installing what this Colab runtime lacks:", " ".join(wanted))
         failed = _pip_install(wanted, held, run)

@@ -315,7 +315,7 @@ def test_bench_is_a_subcommand_and_documents_itself():
     assert args.repeats == 3 and args.batch == 256
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "--frameworks", "mxnet"])
-    proc = subprocess.run([sys.executable, "-m", "course_lib", "bench", "--help"],
+    proc = subprocess.run([sys.executable, "-m", "course_tools", "bench", "--help"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
     for option in ("--sizes", "--frameworks", "--repeats", "--batch", "--out", "--timeout",
@@ -338,7 +338,7 @@ def test_bad_size_exits_with_status_2(tmp_path, capsys):
 def test_tiny_real_run_writes_records(tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run(
-        [sys.executable, "-m", "course_lib", "bench", "--sizes", "tiny", "--frameworks",
+        [sys.executable, "-m", "course_tools", "bench", "--sizes", "tiny", "--frameworks",
          "jax,torch", "--modes", "jit,eager", "--repeats", "3", "--min-time", "0.01",
          "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import tomllib
 from pathlib import Path
@@ -79,9 +80,10 @@ def test_apply_to_notebook_is_idempotent_and_replaces_a_wrong_badge():
     assert nb.cells[2].metadata["tags"] == ["parameters"]
 
 
-def _run_setup_cell(source, monkeypatch, *, on_colab):
+def _run_setup_cell(source, monkeypatch, tmp, *, on_colab):
     """Execute a setup cell with subprocess.run and colab.setup replaced by recorders."""
     commands, lessons = [], []
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))  # the cell writes its held versions there
     monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
     if on_colab:
         monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab_20260801-060000")
@@ -92,11 +94,11 @@ def _run_setup_cell(source, monkeypatch, *, on_colab):
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
-def test_setup_cell_on_a_simulated_colab_runtime(path, monkeypatch):
+def test_setup_cell_on_a_simulated_colab_runtime(path, monkeypatch, tmp_path):
     source = colab.setup_cell_source(path.name)
-    commands, lessons = _run_setup_cell(source, monkeypatch, on_colab=True)
+    commands, lessons = _run_setup_cell(source, monkeypatch, tmp_path, on_colab=True)
     assert commands == [[sys.executable, "-m", "pip", "install", "-q", "-c",
-                         colab.HELD_CONSTRAINTS,
+                         str(tmp_path / colab.HELD_CONSTRAINTS_NAME),
                          f"course_lib @ git+https://github.com/{colab.GITHUB_REPO}"
                          f"@{colab.RELEASE_REF}"]]
     assert lessons == [path.name[:2]]
@@ -106,8 +108,8 @@ def test_setup_cell_on_a_simulated_colab_runtime(path, monkeypatch):
 def test_setup_cell_holds_the_same_versions_as_held_constraints(monkeypatch, tmp_path):
     """The cell's own copy of the held-versions logic (it runs before course_lib is
     installed) writes what colab.held_constraints writes, and holds the frameworks."""
-    _run_setup_cell(colab.setup_cell_source("04_jax.ipynb"), monkeypatch, on_colab=True)
-    by_cell = Path(colab.HELD_CONSTRAINTS).read_text(encoding="utf-8")
+    _run_setup_cell(colab.setup_cell_source("04_jax.ipynb"), monkeypatch, tmp_path, on_colab=True)
+    by_cell = (tmp_path / colab.HELD_CONSTRAINTS_NAME).read_text(encoding="utf-8")
     by_lib = colab.held_constraints(tmp_path / "held.txt").read_text(encoding="utf-8")
     assert by_cell == by_lib
     names = {line.split("==")[0] for line in by_lib.splitlines()}
@@ -115,8 +117,8 @@ def test_setup_cell_holds_the_same_versions_as_held_constraints(monkeypatch, tmp
     assert names <= colab.HELD
 
 
-def test_setup_cell_does_nothing_elsewhere(monkeypatch):
-    commands, lessons = _run_setup_cell(colab.setup_cell_source("04_jax.ipynb"), monkeypatch,
+def test_setup_cell_does_nothing_elsewhere(monkeypatch, tmp_path):
+    commands, lessons = _run_setup_cell(colab.setup_cell_source("04_jax.ipynb"), monkeypatch, tmp_path,
                                         on_colab=False)
     assert commands == [] and lessons == []
 

@@ -53,7 +53,7 @@ def test_course_keeps_going_names_failing_cell_and_exits_nonzero(lessons, tmp_pa
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("COURSE_RESULTS_DIR", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "course_lib", "course", "--profile", "smoke",
+        [sys.executable, "-m", "course_tools", "course", "--profile", "smoke",
          "--notebooks", str(lessons), "--out", str(out)],
         capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr

@@ -122,7 +122,7 @@ def read_grades(path: Path) -> dict:
 
 
 def run_cli(*args, timeout=600, env=None):
-    return subprocess.run([sys.executable, "-m", "course_lib", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "course_tools", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT,
                           env={**os.environ, **(env or {})})
 
@@ -479,7 +479,7 @@ def test_stopping_the_grader_stops_its_kernels(tmp_path):
                 if any(str(temp) in v for v in _environ(p))]
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "course_lib", "grade", tmp_path / "subs", "--roster", roster,
+        [sys.executable, "-m", "course_tools", "grade", tmp_path / "subs", "--roster", roster,
          "--out", tmp_path / "out", "--notebooks", notebooks, "--cell-timeout", "600",
          "--notebook-timeout", "600", "--profile", "smoke"], cwd=ROOT,
         env={**os.environ, "TMPDIR": str(temp)}, stdout=subprocess.PIPE,

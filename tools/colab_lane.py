@@ -305,7 +305,7 @@ def _run_lesson(notebook: Path, variant: str, env_dir: Path, out: Path, remote: 
                 raw_url: str, run_dir: Path, keep: Path) -> dict:
     lesson = notebook.name[:2]
     content, home, kernels = run_dir / "content", run_dir / "home", run_dir / "jupyter"
-    for folder in (content, home, kernels / "kernels" / "colab"):
+    for folder in (content, home, kernels / "kernels" / "colab", run_dir / "tmp"):
         folder.mkdir(parents=True)
     venv = run_dir / "runtime"
     log = keep / "papermill.log"
@@ -324,6 +324,7 @@ def _run_lesson(notebook: Path, variant: str, env_dir: Path, out: Path, remote: 
         "COURSE_PROFILE": "smoke",
         "COURSE_RAW_BASE_URL": raw_url,
         "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"),
+        "TMPDIR": str(run_dir / "tmp"),  # the runtime's own /tmp (the setup's held versions)
         "PIP_CACHE_DIR": str(out / "pip-cache"), "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         "PIP_PROGRESS_BAR": "off",
         "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
