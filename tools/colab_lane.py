@@ -293,12 +293,17 @@ def run_lesson(notebook: Path, variant: str, env_dir: Path, out: Path, remote: P
 
 
 def _scratch_dir(out: Path) -> str:
-    """A folder outside the repository on the file system of ``out`` (hard links)."""
+    """A folder outside the repository on the file system of ``out`` (hard links): the
+    system's temporary folder, else a folder beside the checkout."""
     tmp = Path(tempfile.gettempdir())
     if tmp.stat().st_dev == out.stat().st_dev and ROOT not in tmp.resolve().parents:
         return str(tmp)
-    raise SystemExit(f"colab lane: {tmp} is not on the file system of {out}; set TMPDIR to a "
-                     "folder outside the repository on that file system")
+    beside = ROOT.parent / f".{ROOT.name}-colab-lane"
+    beside.mkdir(exist_ok=True)
+    if beside.stat().st_dev == out.stat().st_dev:
+        return str(beside)
+    raise SystemExit(f"colab lane: neither {tmp} nor {beside} is on the file system of {out}; "
+                     "set TMPDIR to a folder outside the repository on that file system")
 
 
 def _run_lesson(notebook: Path, variant: str, env_dir: Path, out: Path, remote: Path,
@@ -403,15 +408,15 @@ def main(argv=None) -> int:
     envs = build_environment(Path(args.env_dir).resolve(), python313)
     remote, commit = snapshot_repository(out)
     server, raw_url = serve_raw_files(out, commit)
+    print(f"colab lane: {len(notebooks)} lessons x {args.variants}, smoke profile, "
+          f"course_lib from this checkout (snapshot {commit[:10]}) at ref "
+          f"'{colab.RELEASE_REF}'; logs in {(out / 'runs').relative_to(ROOT)}", flush=True)
     t_core = time.perf_counter()
     core_problems = check_core_install(python313, remote, out)
     print(f"  core   {'passed' if not core_problems else 'failed':6s} "
           f"{time.perf_counter() - t_core:5.0f} s  course_lib alone on Python 3.13: "
           + (" | ".join(core_problems) or "every module imports, no papermill/nbformat/Sphinx"),
           flush=True)
-    print(f"colab lane: {len(notebooks)} lessons x {args.variants}, smoke profile, "
-          f"course_lib from this checkout (snapshot {commit[:10]}) at ref "
-          f"'{colab.RELEASE_REF}'; logs in {(out / 'runs').relative_to(ROOT)}", flush=True)
     snapshot = out / "raw" / colab.GITHUB_REPO / colab.RELEASE_REF / "notebooks"
     notebooks = [snapshot / nb.name for nb in notebooks]  # the lessons as committed in the snapshot
     jobs = [(nb, v) for v in args.variants for nb in notebooks]
