@@ -76,20 +76,25 @@ def held_constraints_path() -> Path:
     return Path(tempfile.gettempdir()) / HELD_CONSTRAINTS_NAME
 
 
-def _normalise(name: str) -> str:
+def normalise_name(name: str) -> str:
+    """A distribution's name as pip compares it (PEP 503): ``"ML_Dtypes"`` -> ``"ml-dtypes"``."""
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def held_constraints(path: str | os.PathLike | None = None) -> Path:
     """Write the installed versions of :data:`HELD` as pip constraints (``name==version``, one
-    per line, sorted) to ``path`` (default :func:`held_constraints_path`) and return it. The cell's own copy of this logic runs before
-    course_lib is installed; ``tests/test_colab.py`` checks the two write the same file."""
-    lines = sorted({f"{_normalise(d.metadata['Name'])}=={d.version}"
+    per line, sorted) to ``path`` (default :func:`held_constraints_path`) and return it.
+
+    The setup cell's own copy of this logic runs before course_lib is installed;
+    ``tests/test_colab.py`` checks that the two write the same file.
+    """
+    from course_lib import paths
+
+    lines = sorted({f"{normalise_name(d.metadata['Name'])}=={d.version}"
                     for d in _metadata.distributions()
-                    if d.metadata["Name"] and _normalise(d.metadata["Name"]) in HELD})
+                    if d.metadata["Name"] and normalise_name(d.metadata["Name"]) in HELD})
     path = Path(path) if path is not None else held_constraints_path()
-    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-    return path
+    return paths.write_text_atomic(path, "".join(f"{line}\n" for line in lines))
 
 #: Packages a lesson needs beyond course_lib's core dependencies and the frameworks, as pip
 #: requirements (ranges as in ``pyproject.toml``). Installed on Colab only when missing.
@@ -208,8 +213,7 @@ def setup_cell_source(notebook: str, *, repo: str = GITHUB_REPO, ref: str = RELE
 
 
 def _dist_name(requirement: str) -> str:
-    name = re.split(r"[\s<>=!~;\[@]", requirement.strip(), maxsplit=1)[0]
-    return re.sub(r"[-_.]+", "-", name).lower()
+    return normalise_name(re.split(r"[\s<>=!~;\[@]", requirement.strip(), maxsplit=1)[0])
 
 
 def _installed(name: str) -> bool:

@@ -78,7 +78,7 @@ def read_versions(path: Path = VERSIONS) -> dict[str, str]:
         match = re.fullmatch(r"([A-Za-z0-9_.-]+)==([A-Za-z0-9_.+!-]+)", line)
         if not match:
             raise ValueError(f"{path}:{number}: expected 'name==version', got {line!r}")
-        pins[re.sub(r"[-_.]+", "-", match[1]).lower()] = match[2]
+        pins[colab.normalise_name(match[1])] = match[2]
     return pins
 
 
@@ -159,8 +159,7 @@ def held_versions(freeze: str) -> dict[str, str]:
     never replace (:data:`course_lib.colab.HELD`)."""
     held = {}
     for line in freeze.splitlines():
-        name = re.split(r"[=@ ]", line, maxsplit=1)[0]
-        name = re.sub(r"[-_.]+", "-", name).lower()
+        name = colab.normalise_name(re.split(r"[=@ ]", line, maxsplit=1)[0])
         if name in colab.HELD:
             held[name] = line.strip()
     return held
