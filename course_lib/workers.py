@@ -306,7 +306,7 @@ def _read(path: Path) -> str:
 
 
 def _token_processes(token: str) -> list:
-    """Every live process whose environment holds ``TOKEN_VAR=token`` (psutil needed)."""
+    """Every live process whose environment holds ``TOKEN_VAR=token``."""
     import psutil
 
     found = []
@@ -319,64 +319,82 @@ def _token_processes(token: str) -> list:
     return found
 
 
-def _job_processes(popen: subprocess.Popen, token: str) -> list:
-    try:
-        import psutil
-    except ImportError:
-        return []
+def _tree(pid: int, token: str | None) -> dict:
+    """``{pid: psutil.Process}`` of ``pid``, its descendants and the token's processes."""
+    import psutil
+
     procs = {}
     try:
-        root = psutil.Process(popen.pid)
+        root = psutil.Process(pid)
         for proc in [root, *root.children(recursive=True)]:
             procs[proc.pid] = proc
     except psutil.Error:
         pass
-    for proc in _token_processes(token):
+    for proc in _token_processes(token) if token else []:
         procs.setdefault(proc.pid, proc)
-    return list(procs.values())
-
-
-def _signal_job(popen: subprocess.Popen, token: str, sig) -> list:
-    procs = _job_processes(popen, token)
-    try:
-        os.killpg(popen.pid, sig)  # the session :func:`run` started (pgid == its pid)
-    except (ProcessLookupError, PermissionError, OSError):
-        pass
-    for proc in procs:
-        try:
-            proc.send_signal(sig)
-        except Exception:  # noqa: BLE001 - gone already
-            pass
+    procs.pop(os.getpid(), None)
     return procs
 
 
+def _signal_all(pid: int, procs: dict, sig) -> None:
+    try:
+        if os.getpgid(pid) == pid != os.getpgid(0):  # a group leader, and not our own group
+            os.killpg(pid, sig)
+    except OSError:  # gone already, or not ours
+        pass
+    for proc in procs.values():
+        try:
+            proc.send_signal(sig)  # psutil refuses a pid that was reused meanwhile
+        except Exception:  # noqa: BLE001 - gone already, or not ours
+            pass
+
+
+def stop_process_tree(pid: int, *, grace: float = 3.0, token: str | None = None,
+                      wait: float = 10.0) -> list[int]:
+    """Stop process ``pid`` and everything it started; the one way the course ends a job.
+
+    Reaches the process group ``pid`` leads (a process started with ``start_new_session``),
+    every descendant (found with psutil before any is signalled, since orphans are re-parented),
+    and, given ``token``, every process whose environment holds ``COURSE_WORKER_TOKEN=token``
+    (``torchrun`` starts each rank in a session of its own). SIGTERM first, ``grace`` seconds
+    to exit, then SIGKILL to what is left (and to anything started meanwhile); returns when no
+    such process is alive, or after ``wait`` more seconds.
+
+    Args:
+        pid: the job's root process id (int). A pid that no longer exists is not an error.
+        grace: seconds (float >= 0) between SIGTERM and SIGKILL; 0 kills at once.
+        token: the job's ``COURSE_WORKER_TOKEN`` value, or None.
+        wait: seconds (float >= 0) to wait for the killed processes to disappear.
+
+    Returns:
+        The pids that were signalled (list of int; empty when nothing was alive).
+    """
+    import psutil
+
+    procs = _tree(pid, token)
+    _signal_all(pid, procs, signal.SIGTERM)
+    if grace > 0 and procs:
+        _, alive = psutil.wait_procs(list(procs.values()), timeout=grace)
+        if not alive and not _tree(pid, token):
+            return sorted(procs)
+    late = _tree(pid, token)
+    procs.update(late)
+    _signal_all(pid, procs, signal.SIGKILL)
+    psutil.wait_procs(list(procs.values()), timeout=wait)
+    return sorted(procs)
+
+
 def _end_job(popen: subprocess.Popen, token: str, grace: float) -> None:
-    """SIGTERM to everything of the job, ``grace`` seconds to exit, then SIGKILL to what is
-    left; returns when no process of the job is alive (or after 10 s more)."""
-    _signal_job(popen, token, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _job_alive(popen, token):
-        time.sleep(0.05)
-    procs = _signal_job(popen, token, signal.SIGKILL)
+    """Stop everything of the job (:func:`stop_process_tree`) and reap the launcher."""
+    stop_process_tree(popen.pid, grace=grace, token=token)
     try:
         popen.wait(timeout=10)
     except subprocess.TimeoutExpired:
         pass
-    try:
-        import psutil
-
-        psutil.wait_procs(procs, timeout=10)
-    except ImportError:
-        pass
 
 
 def _job_alive(popen: subprocess.Popen, token: str) -> bool:
-    if popen.poll() is None:
-        return True
-    try:
-        return bool(_token_processes(token))
-    except ImportError:
-        return False
+    return popen.poll() is None or bool(_token_processes(token))
 
 
 def _describe_workers(expect, run_dir: Path, started: float) -> dict:

@@ -1,10 +1,13 @@
 """course_lib.workers: time limits, clear errors, no process left behind, results read back."""
 
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -311,3 +314,39 @@ def test_torchrun_rank_never_joins_or_crashes(tmp_path, mode):
         assert "rank 1 crashed on purpose" in err.tail
     pids = _pids(tmp_path / "run")
     assert len(pids) == 2 and _alive(pids) == []
+
+
+@pytest.mark.slow
+def test_stop_process_tree_reaches_descendants_and_token_holders(tmp_path):
+    """A child that ignores SIGTERM, a grandchild, and a process in a session of its own that
+    only shares the token: all three are gone when stop_process_tree returns."""
+    import psutil
+
+    token = "t" + uuid.uuid4().hex
+    pids = tmp_path / "pids"
+    script = textwrap.dedent(f"""
+        import signal, subprocess, sys, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        sleeper = "import time; time.sleep(600)"
+        child = subprocess.Popen([sys.executable, "-c", sleeper])
+        # an orphan in a session of its own: its parent exits at once
+        spawn = ("import subprocess, sys; print(subprocess.Popen([sys.executable, '-c', "
+                 + repr(sleeper) + "], start_new_session=True, "
+                 "stdout=subprocess.DEVNULL).pid)")
+        loner = int(subprocess.check_output([sys.executable, "-c", spawn]))
+        open({str(pids)!r}, "w").write(f"{{child.pid}} {{loner}}")
+        time.sleep(600)
+    """)
+    env = {**os.environ, workers.TOKEN_VAR: token}
+    root = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not (pids.exists() and pids.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child, loner = map(int, pids.read_text().split())
+    assert psutil.Process(loner).ppid() != root.pid  # re-parented: only the token finds it
+    signalled = workers.stop_process_tree(root.pid, grace=0.5, token=token)
+    assert {root.pid, child, loner} <= set(signalled)
+    root.wait(timeout=5)
+    for pid in (child, loner):
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert workers.stop_process_tree(root.pid, grace=0) == []  # nothing left: not an error
