@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from course_lib import paths
+
 #: The course's split of every dataset: fractions of the whole, stratified by label, made with
 #: this seed whatever the lesson's SEED (so results of different lessons and students compare).
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
@@ -178,17 +180,7 @@ def load_breast_cancer() -> Split:
 # --------------------------------------------------------------------------- shipped files
 
 
-def data_dir() -> Path:
-    """The folder of shipped data: ``$COURSE_DATA_DIR`` if set, else ``data/`` at the course's
-    root (found from the working directory, then from this package's location)."""
-    if os.environ.get("COURSE_DATA_DIR"):
-        return Path(os.environ["COURSE_DATA_DIR"])
-    from course_lib.results import course_root
-
-    root = course_root()
-    if root is not None and (root / "data" / "MANIFEST.json").is_file():
-        return root / "data"
-    return Path(__file__).resolve().parent.parent / "data"
+data_dir = paths.data_dir  # the folder rules live in course_lib.paths
 
 
 def sha256_of(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
@@ -276,14 +268,7 @@ def load_seattle_temps() -> np.ndarray:
 # --------------------------------------------------------------------------- downloads
 
 
-def cache_dir() -> Path:
-    """Where downloads are cached: ``$COURSE_CACHE_DIR``, else the OS's user cache folder
-    for ``ml-frameworks-course`` (e.g. ``~/.cache/ml-frameworks-course``)."""
-    if os.environ.get("COURSE_CACHE_DIR"):
-        return Path(os.environ["COURSE_CACHE_DIR"])
-    import pooch
-
-    return Path(pooch.os_cache("ml-frameworks-course"))
+cache_dir = paths.cache_dir
 
 
 def fetch(url: str, sha256: str, fname: str | None = None,

@@ -23,12 +23,13 @@ Only NumPy is imported at import time; ``onnx`` and ``onnxruntime`` are imported
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from course_lib import paths
 
 __all__ = [
     "artifact_dir",
@@ -59,17 +60,7 @@ def artifact_dir(lesson: str = "10", *, root: str | os.PathLike | None = None) -
     Raises:
         ValueError: an empty lesson id or one containing a path separator.
     """
-    lesson = str(lesson)
-    if not lesson or "/" in lesson or os.sep in lesson:
-        raise ValueError(f"lesson must be a short id such as '10', got {lesson!r}.")
-    from course_lib.results import course_root
-
-    base = course_root(root)
-    if base is None:
-        return Path(tempfile.mkdtemp(prefix=f"course-lesson{lesson}-"))
-    folder = base / "build" / f"lesson{lesson}"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return paths.lesson_build_dir(lesson, root=root)
 
 
 def _onnx_external_files(path: Path) -> list[Path]:

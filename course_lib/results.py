@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from course_lib import runtime
+from course_lib import paths, runtime
 
 #: Fields every record has, in this order (the reader's column order).
 FIELDS = (
@@ -42,24 +42,8 @@ FIELDS = (
 _RUN_ID = os.environ.get("COURSE_RUN_ID") or uuid.uuid4().hex[:12]
 
 
-def course_root(start: str | os.PathLike | None = None) -> Path | None:
-    """The course's root folder: the nearest parent of ``start`` (default: the working
-    directory) that holds both ``pyproject.toml`` and ``course_lib/``; None if there is none."""
-    here = Path(start or os.getcwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").is_file() and (folder / "course_lib").is_dir():
-            return folder
-    return None
-
-
-def results_dir(path: str | os.PathLike | None = None) -> Path:
-    """Where results are written and read (see the module docstring for the order)."""
-    if path is not None:
-        return Path(path)
-    if os.environ.get("COURSE_RESULTS_DIR"):
-        return Path(os.environ["COURSE_RESULTS_DIR"])
-    root = course_root() or Path.cwd()
-    return root / "build" / "results"
+course_root = paths.course_root  # the folder rules live in course_lib.paths
+results_dir = paths.results_dir
 
 
 def record(

@@ -232,15 +232,9 @@ def _progress(result_dir: Path) -> dict:
 
 def scratch_dir(lesson: str, *, root=None) -> Path:
     """The folder where lesson ``lesson`` (e.g. ``"11"``) writes its worker scripts, created:
-    ``build/lesson<lesson>`` under the course root (git ignores ``build/``), or, with no course
-    root (a notebook opened elsewhere, Colab), ``<temp>/course-lesson<lesson>``."""
-    from course_lib import results
-
-    base = Path(root) if root is not None else results.course_root()
-    folder = (base / "build" if base is not None else Path(tempfile.gettempdir()))
-    folder = folder / (f"lesson{lesson}" if base is not None else f"course-lesson{lesson}")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    :func:`course_lib.paths.lesson_build_dir` (``build/lesson<lesson>`` in the checkout, else a
+    new temporary folder)."""
+    return paths.lesson_build_dir(lesson, root=root)
 
 
 def python_command(script, *args) -> list:
