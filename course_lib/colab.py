@@ -282,8 +282,9 @@ def fetch_folder(path: str, *, repo: str = GITHUB_REPO, ref: str = RELEASE_REF,
     at ``ref`` that its committed ``<path>/MANIFEST.json`` lists; return the local folder.
 
     The manifest maps each file's path relative to ``path`` (``"epyc-2core-cpu/09.jsonl"``)
-    to an object with its ``sha256``. Every file is downloaded with
-    :func:`course_lib.data.fetch`, which verifies its SHA-256 and never leaves a partial file.
+    to an object with its ``sha256``: the same pooch registry the checkout's files are checked
+    against (:func:`course_lib.data.fetch_registry`), which verifies every SHA-256 and never
+    leaves a partial file.
     The manifest is written last, so a folder with a ``MANIFEST.json`` is complete. The
     default folder is ``<data.cache_dir()>/<path>/<ref>``; ``base_url`` defaults to
     :func:`raw_base_url`.
@@ -308,13 +309,10 @@ def fetch_folder(path: str, *, repo: str = GITHUB_REPO, ref: str = RELEASE_REF,
         raise data.DataError(f"could not read the course's manifest at {url}: {exc}. "
                              "Check the runtime's network connection and run the cell "
                              "again.") from None
-    for name in names if names is not None else sorted(manifest):
-        parts = Path(name).parts
-        if not parts or Path(name).is_absolute() or ".." in parts:
-            raise data.DataError(f"{url} names a file outside {path}/: {name!r}")
-        data.fetch(raw_url(f"{path}/{name}", repo=repo, ref=ref, base_url=base_url),
-                   manifest[name]["sha256"], fname=parts[-1],
-                   folder=folder.joinpath(*parts[:-1]))
+    if not isinstance(manifest, dict):
+        raise data.DataError(f"{url} is not a course manifest (a JSON object)")
+    data.fetch_registry(raw_url(path, repo=repo, ref=ref, base_url=base_url), manifest, folder,
+                        names=names)
     from course_lib import paths
 
     paths.write_text_atomic(folder / "MANIFEST.json", json.dumps(manifest, indent=2))  # last

@@ -12,11 +12,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-import hashlib
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -183,13 +184,33 @@ def load_breast_cancer() -> Split:
 data_dir = paths.data_dir  # the folder rules live in course_lib.paths
 
 
-def sha256_of(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks of ``chunk_bytes``."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
+def sha256_of(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file (``pooch.file_hash``, read in chunks)."""
+    import pooch
+
+    return pooch.file_hash(str(path), alg="sha256")
+
+
+def registry(entries: Mapping[str, Mapping]) -> dict[str, str]:
+    """The pooch registry of a manifest: ``{relative path: "sha256:<hex>"}``.
+
+    ``entries`` is a parsed ``MANIFEST.json`` (``{path: {"sha256": ..., ...}}``); the same
+    registry checks the checkout's files (:func:`data_path`) and downloads them on Colab
+    (:func:`fetch_registry`).
+
+    Raises:
+        DataError: an entry without a 64-hex-digit ``sha256``, or a path outside its folder.
+    """
+    out = {}
+    for name, entry in entries.items():
+        digest = str(entry.get("sha256", "")).lower() if isinstance(entry, Mapping) else ""
+        parts = Path(name).parts
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise DataError(f"manifest entry {name!r} has no valid sha256 (64 hex digits)")
+        if not parts or Path(name).is_absolute() or ".." in parts:
+            raise DataError(f"the manifest names a file outside its folder: {name!r}")
+        out[name] = f"sha256:{digest}"
+    return out
 
 
 def manifest(folder: str | os.PathLike | None = None) -> dict:
@@ -224,8 +245,8 @@ def data_path(name: str, folder: str | os.PathLike | None = None) -> Path:
             f"data file {path} is missing. Restore it with `git checkout -- data/{name}` "
             "(or re-clone the course)."
         )
+    expected = registry({name: entries[name]})[name].removeprefix("sha256:")
     actual = sha256_of(path)
-    expected = entries[name]["sha256"]
     if actual != expected:
         raise ChecksumMismatch(
             f"data file {path} has SHA-256 {actual}, expected {expected}: it was changed or "
@@ -294,7 +315,6 @@ def fetch(url: str, sha256: str, fname: str | None = None,
         DataError: the download failed (network, HTTP error); nothing is left in the cache.
     """
     import pooch
-    import requests
 
     sha256 = sha256.lower()
     if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
@@ -302,9 +322,49 @@ def fetch(url: str, sha256: str, fname: str | None = None,
     folder = Path(folder) if folder is not None else cache_dir()
     name = fname or pooch.utils.unique_file_name(url)
     target = folder / name
-    try:
+    with _download_errors(url, target, sha256):
         path = pooch.retrieve(url, known_hash=f"sha256:{sha256}", fname=name, path=folder,
                               progressbar=progressbar)
+    return Path(path)
+
+
+def fetch_registry(base_url: str, entries: Mapping[str, Mapping], folder: str | os.PathLike,
+                   names: Sequence[str] | None = None) -> Path:
+    """Download the files of a manifest from ``base_url`` into ``folder`` with one
+    ``pooch.Pooch`` built from :func:`registry` (each file checked as :func:`fetch` does, and
+    kept across calls while it matches); return ``folder``.
+
+    Args:
+        base_url: the URL of the folder the manifest describes (a trailing ``/`` is added).
+        entries: the parsed manifest, ``{relative path: {"sha256": ...}}``.
+        folder: the local folder (created).
+        names: the files to fetch (default: all of them, sorted).
+
+    Raises:
+        DataError: a download failed, or the manifest is invalid (see :func:`registry`).
+        ChecksumMismatch: a downloaded file does not match its SHA-256.
+    """
+    import pooch
+
+    folder = Path(folder)
+    store = pooch.create(path=folder, base_url=base_url.rstrip("/") + "/",
+                         registry=registry(entries), allow_updates=True)
+    for name in names if names is not None else sorted(store.registry):
+        if name not in store.registry:
+            raise DataError(f"{name!r} is not in the manifest at {base_url}")
+        with _download_errors(store.get_url(name), folder / name,
+                              store.registry[name].removeprefix("sha256:")):
+            store.fetch(name)
+    return folder
+
+
+@contextlib.contextmanager
+def _download_errors(url: str, target: Path, sha256: str):
+    """Turn pooch's and requests' errors into the course's, removing a stale file."""
+    import requests
+
+    try:
+        yield
     except ValueError as exc:
         _remove_if_stale(target, sha256)
         raise ChecksumMismatch(
@@ -318,7 +378,6 @@ def fetch(url: str, sha256: str, fname: str | None = None,
             f"could not download {url}: {exc}. Check your network connection (the lessons' "
             "smoke profile needs none) or set COURSE_CACHE_DIR to a folder that has the file."
         ) from None
-    return Path(path)
 
 
 def _remove_if_stale(path: Path, sha256: str) -> None:
