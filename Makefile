@@ -53,7 +53,7 @@ test: $(STAMP) browser
 # test marked slow).
 test-fast: $(STAMP)
 	$(PY) -m ruff check course_lib course_tools tests notebooks tools
-	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -n $(JOBS) --dist loadgroup -m "not slow" tests $(PYTEST_ARGS)
+	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -n $(JOBS) --dist loadgroup -m "not slow and not network" tests $(PYTEST_ARGS)
 
 # The Colab lane (tools/colab_lane.py): Python 3.13 and colab/versions.txt in build/colab/env
 # (built once, ~3 min and ~8 GB), every lesson through its real Colab setup cell, then again

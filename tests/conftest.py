@@ -1,5 +1,6 @@
 """Shared fixtures: every unit test writes results to its own temporary folder."""
 
+import functools
 import os
 import threading
 from pathlib import Path
@@ -9,6 +10,28 @@ import pytest
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("COURSE_DECISION_RESULTS", str(Path(__file__).parent / "fixtures" / "results"))
+
+
+@functools.cache
+def _package_index_unreachable() -> str | None:
+    """Why PyPI cannot be reached from here (None when it can): one TCP connection, 5 s."""
+    import socket
+    import urllib.parse
+
+    index = os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple"
+    host = urllib.parse.urlparse(index).hostname or "pypi.org"
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as exc:
+        return f"the package index {host} cannot be reached ({exc})"
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _network_or_skip(request):
+    """Tests marked ``network`` are skipped, with the reason, where PyPI is unreachable."""
+    if request.node.get_closest_marker("network") and _package_index_unreachable():
+        pytest.skip(f"needs the network: {_package_index_unreachable()}")
 
 
 @pytest.fixture(autouse=True)

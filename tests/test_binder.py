@@ -49,6 +49,7 @@ def test_binder_pins_python_and_installs_course_lib():
 
 
 @pytest.mark.slow
+@pytest.mark.network
 def test_binder_requirements_resolve_to_exactly_the_lock(tmp_path):
     """A dry-run install (PyPI) of binder/requirements.txt resolves to the lock's versions and
     nothing else. PyTorch's CPU index is not reachable from the course machines, so torch is
