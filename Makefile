@@ -44,6 +44,7 @@ browser:
 # build/test-results so that they never mix with a `make course` run's.
 test: $(STAMP) browser
 	$(PY) -m ruff check course_lib course_tools tests notebooks tools
+	$(PY) -m mypy
 	rm -rf build/test-results
 	COURSE_PROFILE=smoke COURSE_RESULTS_DIR=$(CURDIR)/build/test-results \
 	  TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -n $(JOBS) --dist loadgroup --nbval-lax \
@@ -73,6 +74,7 @@ lab: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check course_lib course_tools tests notebooks tools
+	$(PY) -m mypy
 	$(PY) tools/nbclean.py --check notebooks/*.ipynb
 
 # Re-resolve the lock from pyproject's ranges (needs the package registries).

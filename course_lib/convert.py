@@ -33,10 +33,11 @@ Every function imports its framework when called: importing this module imports 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from .models import check_weights
+from .models import LayerWeights, check_weights
 
 __all__ = [
     "chw_rows_to_hwc",
@@ -174,7 +175,7 @@ def chw_rows_to_hwc(kernel, feature_shape) -> np.ndarray:
     return kernel[np.argsort(perm)]
 
 
-def _canonical(weights) -> list[dict]:
+def _canonical(weights) -> list[LayerWeights]:
     """Checked NumPy float32 copies of canonical weights."""
     check_weights(weights)
     return [
@@ -288,7 +289,7 @@ def to_keras(model, weights) -> None:
         layer.set_weights([w["kernel"], w["bias"]])
 
 
-def from_keras(model) -> list[dict]:
+def from_keras(model) -> list[LayerWeights]:
     """Canonical weights (NumPy float32) read from a Keras model's Dense/Conv2D layers.
 
     The inverse of :func:`to_keras`: ``from_keras(model)`` after ``to_keras(model, w)`` equals
@@ -297,7 +298,7 @@ def from_keras(model) -> list[dict]:
     Raises:
         ValueError: an unbuilt layer, a layer without bias, or another layer type with weights.
     """
-    out = []
+    out: list[LayerWeights] = []
     for i, layer in enumerate(_keras_layers(model)):
         if not layer.built or not layer.use_bias:
             raise ValueError(
@@ -313,7 +314,7 @@ def from_keras(model) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _torch_layers(module) -> list[tuple[str, object]]:
+def _torch_layers(module) -> list[tuple[str, Any]]:
     """``(name, layer)`` for each nn.Linear / nn.Conv2d, in registration order.
 
     Registration order is the order the submodules were assigned in ``__init__`` (for
@@ -446,7 +447,7 @@ def to_torch(module, weights, *, flatten_shape=None, flatten_order: str = "chw")
             layer.bias.copy_(torch.from_numpy(bias))
 
 
-def from_torch(module, *, flatten_shape=None, flatten_order: str = "chw") -> list[dict]:
+def from_torch(module, *, flatten_shape=None, flatten_order: str = "chw") -> list[LayerWeights]:
     """Canonical weights (NumPy float32) read from a PyTorch module: the inverse of :func:`to_torch`.
 
     ``Linear.weight.T`` -> kernel; ``Conv2d.weight.permute(2, 3, 1, 0)`` (OIHW -> HWIO); the
@@ -468,7 +469,7 @@ def from_torch(module, *, flatten_shape=None, flatten_order: str = "chw") -> lis
             )
     ndims = [layer.weight.ndim for _, layer in layers]
     flat_index, feature_shape = _resolve_flatten(layers, ndims, flatten_shape, flatten_order)
-    out = []
+    out: list[LayerWeights] = []
     for i, (_, layer) in enumerate(layers):
         weight = layer.weight.detach().cpu().float().numpy()
         if weight.ndim == 4:
@@ -487,7 +488,7 @@ def from_torch(module, *, flatten_shape=None, flatten_order: str = "chw") -> lis
 # ---------------------------------------------------------------------------------------------
 
 
-def to_jax(weights) -> list[dict]:
+def to_jax(weights) -> list[LayerWeights]:
     """Canonical weights as a JAX pytree: a ``list`` of ``{"kernel", "bias"}`` dicts of jax arrays.
 
     Same layout as the canonical weights (JAX code writes ``x @ kernel + bias`` and convolves
@@ -506,13 +507,13 @@ def to_jax(weights) -> list[dict]:
     ]
 
 
-def _arrays_to_numpy(params, source: str) -> list[dict]:
+def _arrays_to_numpy(params, source: str) -> list[LayerWeights]:
     if isinstance(params, dict) or not isinstance(params, Sequence):
         raise ValueError(
             f"{source} expects a list of {{'kernel', 'bias'}} dicts (as made by its to_ "
             f"counterpart), got {type(params).__name__}."
         )
-    out = []
+    out: list[LayerWeights] = []
     for i, layer in enumerate(params):
         if not isinstance(layer, dict) or set(layer) != {"kernel", "bias"}:
             raise ValueError(f"{source}: params[{i}] must be a dict with keys 'kernel' and 'bias'.")
@@ -525,7 +526,7 @@ def _arrays_to_numpy(params, source: str) -> list[dict]:
     return check_weights(out)
 
 
-def from_jax(params) -> list[dict]:
+def from_jax(params) -> list[LayerWeights]:
     """Canonical weights (NumPy float32 copies) from a :func:`to_jax`-style pytree.
 
     Raises:
@@ -635,13 +636,13 @@ def to_flax_nnx(module, weights) -> None:
         _set_variable(layer.bias, jnp.asarray(w["bias"]))
 
 
-def from_flax_nnx(module) -> list[dict]:
+def from_flax_nnx(module) -> list[LayerWeights]:
     """Canonical weights (NumPy float32) from a ``flax.nnx`` module: the inverse of :func:`to_flax_nnx`.
 
     Raises:
         ValueError: a layer without bias, or a bare ``nnx.Param`` outside nnx.Linear/nnx.Conv.
     """
-    out = []
+    out: list[LayerWeights] = []
     for i, (path, layer) in enumerate(_nnx_layers(module)):
         if getattr(layer, "bias", None) is None:
             raise ValueError(f"layer {i} ({path!r}) has no bias.")
@@ -686,7 +687,7 @@ def to_flax_linen_params(weights, layer_names: Sequence[str]) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def to_tf(weights, *, trainable: bool = True) -> list[dict]:
+def to_tf(weights, *, trainable: bool = True) -> list[LayerWeights]:
     """Canonical weights as a ``list`` of ``{"kernel", "bias"}`` dicts of float32 ``tf.Variable``.
 
     Same layout as the canonical weights: TensorFlow writes ``x @ kernel + bias`` and its
@@ -708,7 +709,7 @@ def to_tf(weights, *, trainable: bool = True) -> list[dict]:
     ]
 
 
-def from_tf(variables) -> list[dict]:
+def from_tf(variables) -> list[LayerWeights]:
     """Canonical weights (NumPy float32 copies) from a :func:`to_tf`-style list of dicts.
 
     The values may be ``tf.Variable`` or ``tf.Tensor`` (anything ``np.array`` can read).

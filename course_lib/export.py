@@ -68,7 +68,7 @@ def _onnx_external_files(path: Path) -> list[Path]:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    names = set()
+    names: set[str] = set()
     for tensor in model.graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             names.update(e.value for e in tensor.external_data if e.key == "location")

@@ -31,8 +31,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
+
+
+class LayerWeights(TypedDict):
+    """One layer's weights in the course's canonical layout (float arrays).
+
+    ``kernel``: dense ``(in, out)``; convolution ``(kh, kw, in, out)`` (HWIO).
+    ``bias``: ``(out,)``. A model's weights are a ``list[LayerWeights]``, input layer first.
+    """
+
+    kernel: np.ndarray
+    bias: np.ndarray
+
 
 __all__ = [
     "ACTIVATIONS",
@@ -257,7 +270,7 @@ def glorot_limit(kernel_shape: tuple[int, ...]) -> float:
     return float(np.sqrt(6.0 / (fan_in + fan_out)))
 
 
-def init_weights(spec: MLPSpec | CNNSpec, seed: int) -> list[dict]:
+def init_weights(spec: MLPSpec | CNNSpec, seed: int) -> list[LayerWeights]:
     """The initial weights every framework starts from, made once in NumPy.
 
     Kernels are Glorot-uniform (see :func:`glorot_limit`); biases are uniform in
@@ -279,7 +292,7 @@ def init_weights(spec: MLPSpec | CNNSpec, seed: int) -> list[dict]:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
     rng = np.random.default_rng(int(seed))
-    weights = []
+    weights: list[LayerWeights] = []
     for shapes in layer_shapes(spec):
         limit = glorot_limit(shapes["kernel"])
         kernel = rng.uniform(-limit, limit, size=shapes["kernel"]).astype(np.float32)
@@ -290,7 +303,7 @@ def init_weights(spec: MLPSpec | CNNSpec, seed: int) -> list[dict]:
     return weights
 
 
-def check_weights(weights, spec: MLPSpec | CNNSpec | None = None) -> list[dict]:
+def check_weights(weights, spec: MLPSpec | CNNSpec | None = None) -> list[LayerWeights]:
     """Check that ``weights`` is in the canonical layout (and matches ``spec`` if given).
 
     Returns:
@@ -336,7 +349,7 @@ def check_weights(weights, spec: MLPSpec | CNNSpec | None = None) -> list[dict]:
                     f"weights[{i}]['kernel'] has shape {np.shape(layer['kernel'])} but the spec "
                     f"needs {shapes['kernel']}."
                 )
-    return weights
+    return weights  # type: ignore[return-value]  # checked above: a sequence of layers
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,7 +378,7 @@ def _activation_grad(z: np.ndarray, a: np.ndarray, activation: str) -> np.ndarra
     raise ValueError(f"Unknown activation {activation!r}; use one of {', '.join(ACTIVATIONS)}.")
 
 
-def _as_float64_weights(weights) -> list[dict]:
+def _as_float64_weights(weights) -> list[LayerWeights]:
     check_weights(weights)
     return [
         {
@@ -754,5 +767,5 @@ def sgd_reference(
             layer["bias"] -= lr * grad["bias"]
     if not losses:
         raise ValueError("batches is empty: give at least one (x, y) pair.")
-    losses = np.asarray(losses, dtype=np.float64)
-    return (losses, w64) if return_weights else losses
+    curve = np.asarray(losses, dtype=np.float64)
+    return (curve, w64) if return_weights else curve

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -131,7 +132,7 @@ def parity_table(
     if not _is_real_number(tol) or not np.isfinite(tol) or tol <= 0:
         raise ValueError(f"tol must be a positive finite number, got {tol!r}.")
     ref = _to_numpy(reference)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for key, values in outputs.items():
         framework, backend, mode = split_key(key)
         try:

@@ -29,8 +29,8 @@ def plot_curves(curves: Mapping[str, Sequence[float]], *, ylabel: str, xlabel: s
         raise ValueError("plot_curves(): give at least one curve")
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.5))
-    for label, values in curves.items():
-        values = np.asarray(values, dtype=float)
+    for label, given in curves.items():
+        values = np.asarray(given, dtype=float)
         if values.size == 0:
             raise ValueError(f"plot_curves(): curve {label!r} is empty")
         if logy and (values <= 0).any():

@@ -19,7 +19,7 @@ import math
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from course_lib import paths, runtime
 
@@ -38,6 +38,29 @@ FIELDS = (
     "timestamp",
     "run_id",
 )
+
+
+
+class Record(TypedDict, total=False):
+    """One result record: a line of ``<results_dir>/<lesson>.jsonl`` (see :data:`FIELDS`).
+
+    ``value`` is a finite float in ``unit``; ``versions`` maps package -> version; extra fields
+    a lesson adds (``passed``, ``tol``, ``size`` ...) follow the standard ones.
+    """
+
+    lesson: str
+    framework: str
+    backend: str | None
+    mode: str | None
+    metric: str
+    value: float
+    unit: str
+    device: str
+    profile: str | None
+    versions: dict[str, str]
+    timestamp: str
+    run_id: str
+
 
 _RUN_ID = os.environ.get("COURSE_RUN_ID") or uuid.uuid4().hex[:12]
 
@@ -58,7 +81,7 @@ def record(
     device: str | None = None,
     results_dir: str | os.PathLike | None = None,
     **extra: Any,
-) -> dict:
+) -> Record:
     """Append one measurement to the results store and return the record.
 
     Args:
@@ -104,7 +127,7 @@ def record(
     clash = set(extra) & set(FIELDS)
     if clash:
         raise ValueError(f"record(): extra fields {sorted(clash)} clash with standard fields")
-    row = {
+    row: dict[str, Any] = {
         "lesson": lesson,
         "framework": framework,
         "backend": backend,
@@ -128,7 +151,7 @@ def record(
     # One write() of one line in append mode: concurrent writers never interleave lines.
     with open(folder / f"{lesson}.jsonl", "a", encoding="utf-8") as fh:
         fh.write(line + "\n")
-    return row
+    return cast(Record, row)
 
 
 def _resolve(path: str | os.PathLike | None) -> Path:
