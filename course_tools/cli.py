@@ -2,8 +2,10 @@
 
 Commands:
   course   execute the lessons with papermill, build build/site and build/results
+           (one line per lesson; each kernel's full log in build/logs/<run>/)
   assign   write each student's release of the lessons (docs/instructors.md)
   grade    grade the returned notebooks: grades.csv, feedback per student
+  student  write the student edition student/ from notebooks/ (--check: report drift)
   bench    lesson 09's training-step benchmarks outside Jupyter (bench --help)
 """
 
@@ -77,6 +79,27 @@ def _grade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _student(args: argparse.Namespace) -> int:
+    from course_tools import student
+    from course_tools.grading.release import GradingError
+
+    try:
+        if args.check:
+            problems = student.drift(args.notebooks, args.out)
+            if problems:
+                print("the student edition is out of date (run: python -m course_tools "
+                      "student):", *problems, sep="\n  ", file=sys.stderr)
+                return 1
+            print(f"{args.out}/ matches {args.notebooks}/")
+            return 0
+        changed = student.write(args.notebooks, args.out, lessons=args.lessons)
+    except GradingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"student edition in {args.out}/: {len(changed)} file(s) written or removed")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m course_tools", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -130,6 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--keep-temp", action="store_true",
                        help="keep the per-notebook working folders (for debugging)")
     grade.set_defaults(func=_grade)
+
+    student = sub.add_parser("student", help="write the student edition (student/)")
+    student.add_argument("--notebooks", default="notebooks", help="folder of the lessons")
+    student.add_argument("--out", default="student", help="output folder (default student/)")
+    student.add_argument("--lessons", nargs="*", metavar="NN",
+                         help="lesson numbers (default: all), e.g. --lessons 00 01")
+    student.add_argument("--check", action="store_true",
+                         help="write nothing; exit 1 when the folder differs from a fresh "
+                              "edition")
+    student.set_defaults(func=_student)
 
     from course_tools import bench_cli  # standard library only at import time
 

@@ -47,20 +47,85 @@ def test_release_ref_is_the_default_branch_or_a_release_tag_that_exists():
         assert proc.returncode == 0, f"RELEASE_REF {ref} is not a tag of this repository"
 
 
+STUDENT_LESSONS = sorted((ROOT / "student").glob("[0-9][0-9]_*.ipynb"))
+ANY_COLAB_URL = re.compile(r"https://colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/blob/"
+                           r"(?P<ref>[^/\s)]+)/(?P<folder>[\w.-]+)/(?P<name>[^\s)\"']+)")
+
+
 def test_every_badge_and_setup_cell_names_the_same_ref():
+    """Both editions' badges and setup cells, and the README's Binder and Colab badges."""
     import nbformat
 
     refs = {}
-    for path in LESSONS:
+    for path in [*LESSONS, *STUDENT_LESSONS]:
+        where = f"{path.parent.name}/{path.name}"
         nb = nbformat.read(path, as_version=4)
-        refs[f"{path.name} badge"] = colab.COLAB_URL.search(nb.cells[0].source)["ref"]
+        for k, url in enumerate(ANY_COLAB_URL.finditer(nb.cells[0].source)):
+            refs[f"{where} badge line link {k}"] = url["ref"]
         setup = next(c for c in nb.cells if c.cell_type == "code")
-        refs[f"{path.name} setup cell"] = re.search(r"git\+https://github\.com/[^@\s]+@([^\"\s]+)",
-                                                   setup.source)[1]
+        refs[f"{where} setup cell"] = re.search(r"git\+https://github\.com/[^@\s]+@([^\"\s]+)",
+                                               setup.source)[1]
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     refs["README Binder badge"] = re.search(r"mybinder\.org/v2/gh/[^/]+/[^/]+/([^?\s)]+)", readme)[1]
+    for url in ANY_COLAB_URL.finditer(readme):
+        refs[f"README {url['name']}"] = url["ref"]
+    assert len(STUDENT_LESSONS) == len(LESSONS)
     assert set(refs.values()) == {colab.RELEASE_REF}, {k: v for k, v in refs.items()
                                                        if v != colab.RELEASE_REF}
+
+
+def test_every_colab_badge_of_the_readme_opens_the_student_edition():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    links = list(ANY_COLAB_URL.finditer(readme))
+    assert {u["name"] for u in links} == {p.name for p in LESSONS}
+    assert {u["folder"] for u in links} == {"student"}
+    for path in LESSONS:
+        assert f"](student/{path.name})" in readme
+
+
+def test_badge_lines_name_their_edition_and_the_instructor_copy_says_so():
+    import nbformat
+
+    name = "06_cnns_four_ways.ipynb"
+    instructor = nbclean.badge_line(name, edition="instructor")
+    student = nbclean.badge_line(name, edition="student")
+    assert instructor.startswith(colab.badge_markdown(name))  # opens this copy, notebooks/
+    assert "**Instructor copy**" in instructor and "solutions" in instructor
+    assert f"(https://colab.research.google.com/github/{colab.GITHUB_REPO}/blob/" \
+           f"{colab.RELEASE_REF}/student/{name})" in instructor  # where students go
+    assert colab.find_badge(student).endswith(f"/blob/{colab.RELEASE_REF}/student/{name})")
+    assert "**Student edition**" in student and "notebooks/" not in student
+    with pytest.raises(ValueError, match="edition"):
+        nbclean.badge_line(name, edition="teacher")
+    for edition in nbclean.EDITIONS:
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_markdown_cell(f"# 06 · CNNs\n\n{colab.badge_markdown(name)}"
+                                                  "\n\nText."),
+                    nbformat.v4.new_code_cell("x = 1")]
+        nbclean.apply_colab_cells(nb, name, edition=edition)
+        once = nbformat.writes(nb)
+        nbclean.apply_colab_cells(nb, name)  # the edition is kept from the badge
+        assert nbformat.writes(nb) == once
+        assert nbclean.notebook_edition(nb) == edition
+        assert nb.cells[0].source == f"# 06 · CNNs\n\n{nbclean.badge_line(name, edition=edition)}\n\nText."
+        assert len(nb.cells) == 3
+    assert nbclean.set_badge_line(nb, name, edition="instructor")
+    assert nbclean.notebook_edition(nb) == "instructor" and len(nb.cells) == 3
+    bare = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 07 · Tiny")])
+    assert not nbclean.set_badge_line(bare, "07_tiny.ipynb", edition="student")
+    assert bare.cells[0].source == "# 07 · Tiny"
+
+
+def test_release_tool_moves_every_readme_link_to_the_tag():
+    sys.path.insert(0, str(ROOT / "tools"))
+    import release as release_tool
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    moved = release_tool.set_readme_refs(readme, "v9.8.7", colab.binder_badge_markdown(ref="v9.8.7"))
+    refs = {u["ref"] for u in ANY_COLAB_URL.finditer(moved)}
+    assert refs == {"v9.8.7"} and colab.binder_badge_markdown(ref="v9.8.7") in moved
+    assert release_tool.set_readme_refs(moved, colab.RELEASE_REF,
+                                        colab.binder_badge_markdown()) == readme
 
 
 def test_apply_to_notebook_is_idempotent_and_replaces_a_wrong_badge():

@@ -11,8 +11,9 @@ the very ``course_lib`` it was tested with. This command:
 1. refuses a version that is not ``vMAJOR.MINOR.PATCH``, a tag that already exists, or a
    working tree with uncommitted changes (the commit must hold the release and nothing else);
 2. sets ``RELEASE_REF`` in ``course_lib/colab.py`` and ``version`` in ``pyproject.toml``;
-3. rewrites the Colab badge and setup cell of every lesson (``tools/nbclean.py``) and the
-   Binder badge of the README;
+3. rewrites the Colab badge and setup cell of every lesson (``tools/nbclean.py``), writes
+   the student edition ``student/`` again from them (``python -m course_tools student``), and
+   rewrites the README's Binder badge and its Colab badges (which open the student edition);
 4. commits those files ("Release vX.Y.Z: badges and setup cells point at the tag") and
    creates the annotated tag on that commit. Push both: ``git push origin main vX.Y.Z``.
 
@@ -26,6 +27,7 @@ import argparse
 import re
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,14 +60,28 @@ def set_version(text: str, version: str) -> str:
     return new
 
 
+#: A Colab link of the README (to a lesson of either edition); group 1 is the part before
+#: the ref, group 2 the folder and file after it.
+README_COLAB = re.compile(r"(https://colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/blob/)"
+                          r"[^/\s)]+(/(?:student|notebooks)/\d\d_\w+\.ipynb)")
+
+
+def set_readme_refs(text: str, ref: str, binder_badge: str) -> str:
+    """The README's text with every Colab link at ``ref`` and the Binder badge replaced by
+    ``binder_badge``. Raises nothing."""
+    text = re.sub(r"\[!\[Launch Binder\]\([^)]*\)\]\([^)]*\)", lambda _: binder_badge, text)
+    quoted = urllib.parse.quote(ref)
+    return README_COLAB.sub(lambda m: f"{m.group(1)}{quoted}{m.group(2)}", text)
+
+
 def rewrite_badges(ref: str) -> list[Path]:
-    """Rewrite every lesson's badge and setup cell and the README's Binder badge for ``ref``;
-    return the files written."""
+    """Rewrite every lesson's badge and setup cell, the student edition and the README's
+    Binder and Colab badges for ``ref``; return the files written (or removed)."""
     sys.path.insert(0, str(ROOT))
     import nbformat
 
     from course_lib import colab
-    from course_tools import nbclean
+    from course_tools import nbclean, student
 
     written = []
     for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
@@ -75,9 +91,9 @@ def rewrite_badges(ref: str) -> list[Path]:
         if nbformat.writes(nb) != before:
             nbformat.write(nb, path)
             written.append(path)
+    written += student.write(ROOT / "notebooks", ROOT / student.STUDENT_DIR, ref=ref)
     text = README.read_text(encoding="utf-8")
-    new = re.sub(r"\[!\[Launch Binder\]\([^)]*\)\]\([^)]*\)",
-                 lambda _: colab.binder_badge_markdown(ref=ref), text)
+    new = set_readme_refs(text, ref, colab.binder_badge_markdown(ref=ref))
     if new != text:
         README.write_text(new, encoding="utf-8")
         written.append(README)
@@ -104,7 +120,7 @@ def main(argv=None) -> int:
     print(f"release: {len(written)} files point at {args.version}")
     if args.dry_run:
         return 0
-    _git("add", *[str(p.relative_to(ROOT)) for p in written])
+    _git("add", "-A", "--", *[str(p.relative_to(ROOT)) for p in written])
     _git("commit", "-q", "-m", f"Release {args.version}: badges and setup cells point at the tag")
     _git("tag", "-a", args.version, "-m", f"Release {args.version}")
     print(f"release: committed and tagged {args.version}; push with "
