@@ -14,8 +14,8 @@ the verdict rules) stay in the notebook, where the student reads and changes the
 - :func:`measured` / :func:`missing` make the rows of the long evidence table: one row per
   (framework, criterion), with the value and unit, or ``status="missing"`` and the reason.
   A missing criterion is NaN with a reason, never 0.
-- :func:`normalise` turns raw values into scores in [0, 1] (1: the best framework);
-  :func:`weighted_scores` combines them with a scenario's weights into a ranking.
+- The decision matrix's arithmetic (normalising, weighting, ranking) is not here: lesson 12
+  writes it where the student reads it.
 - :func:`count_model_lines` counts the lines of code of a model's definition in each
   framework, read from a lesson notebook itself.
 
@@ -268,117 +268,6 @@ def evidence_table(rows: Iterable[Mapping]):
         pairs = table.loc[duplicated, ["framework", "criterion"]].values.tolist()
         raise ValueError(f"evidence_table(): duplicate (framework, criterion) rows: {pairs}")
     return table
-
-
-def normalise(values, better: str, method: str = "ratio"):
-    """Scores in [0, 1] from the raw values of one criterion (1: the best framework).
-
-    Args:
-        values: a pandas Series, framework -> value; NaN (missing) stays NaN.
-        better: ``"lower"`` (times, memory, lines) or ``"higher"`` (accuracy, fractions).
-        method: ``"ratio"``: best/value (lower is better) or value/best (higher is better),
-            so half as fast scores 0.5; ``"minmax"``: the worst measured framework scores 0
-            and the best 1 (all 1 when they are equal); ``"rank"``: 1 for the best, 0 for the
-            worst, evenly spaced.
-
-    Raises:
-        ValueError: an unknown ``better`` or ``method``, or ``"ratio"`` with a value <= 0
-            where it would divide by it (use ``"minmax"`` for such criteria).
-    """
-    import numpy as np
-
-    if better not in ("lower", "higher"):
-        raise ValueError(f"better must be 'lower' or 'higher', got {better!r}")
-    values = values.astype(float)
-    present = values.dropna()
-    out = values.copy() * np.nan
-    if present.empty:
-        return out
-    if method == "ratio":
-        if better == "lower":
-            if (present <= 0).any():
-                raise ValueError("normalise(ratio): lower-is-better values must be > 0")
-            out[present.index] = present.min() / present
-        else:
-            top = present.max()
-            if top <= 0 or (present < 0).any():
-                raise ValueError("normalise(ratio): higher-is-better values must be >= 0 with "
-                                 "a positive best")
-            out[present.index] = present / top
-    elif method == "minmax":
-        low, high = present.min(), present.max()
-        if high == low:
-            out[present.index] = 1.0
-        else:
-            scaled = (present - low) / (high - low)
-            out[present.index] = scaled if better == "higher" else 1 - scaled
-    elif method == "rank":
-        ranks = present.rank(ascending=better == "higher", method="average")
-        out[present.index] = 1.0 if len(present) == 1 else (ranks - 1) / (len(present) - 1)
-    else:
-        raise ValueError(f"method must be 'ratio', 'minmax' or 'rank', got {method!r}")
-    return out
-
-
-def score_table(evidence, better: Mapping[str, str], method: str = "ratio"):
-    """Frameworks x criteria table of normalised scores (NaN where missing), from the long
-    evidence table and ``better`` (criterion -> ``"lower"``/``"higher"``). Raises KeyError
-    when a criterion of the evidence has no entry in ``better``."""
-    wide = evidence.pivot(index="framework", columns="criterion", values="value")
-    unknown = sorted(set(wide.columns) - set(better))
-    if unknown:
-        raise KeyError(f"score_table(): no 'better' direction for criteria {unknown}")
-    scores = wide.copy()
-    for criterion in wide.columns:
-        scores[criterion] = normalise(wide[criterion], better[criterion], method)
-    return scores[[c for c in better if c in scores.columns]]
-
-
-def weighted_scores(scores, weights: Mapping[str, float], *, min_coverage: float = 0.5):
-    """Rank frameworks for one scenario by the weighted mean of their criterion scores.
-
-    A missing criterion is left out of that framework's mean (its weight is not counted),
-    never scored 0; ``coverage`` says how much of the scenario's total weight had evidence.
-    A framework whose coverage is below ``min_coverage`` gets no rank (NaN) and a note.
-
-    Args:
-        scores: frameworks x criteria scores in [0, 1] (:func:`score_table`).
-        weights: criterion -> weight >= 0 (criteria not named weigh 0).
-        min_coverage: the least fraction of the total weight that must be measured.
-
-    Returns:
-        DataFrame indexed by framework: ``score`` (weighted mean over measured criteria),
-        ``coverage`` (0-1), ``rank`` (1 = best; ties share the best rank), ``note``,
-        sorted by rank (unranked last).
-
-    Raises:
-        KeyError: a weight for a criterion that ``scores`` does not have (the message lists
-            the valid names). ValueError: a negative weight or all weights 0.
-    """
-    import numpy as np
-    import pandas as pd
-
-    unknown = sorted(set(weights) - set(scores.columns))
-    if unknown:
-        raise KeyError(f"weights name unknown criteria {unknown}; valid: {list(scores.columns)}")
-    if any(float(w) < 0 for w in weights.values()):
-        raise ValueError(f"weights must be >= 0, got {dict(weights)}")
-    w = pd.Series({c: float(v) for c, v in weights.items() if float(v) > 0}, dtype=float)
-    if w.empty:
-        raise ValueError("weighted_scores(): all weights are 0")
-    part = scores[w.index]
-    measured_weight = part.notna().mul(w, axis=1).sum(axis=1)
-    total = part.fillna(0.0).mul(w, axis=1).sum(axis=1)  # fillna only to skip: divided below
-    out = pd.DataFrame(index=scores.index)
-    out["coverage"] = measured_weight / w.sum()
-    out["score"] = np.where(measured_weight > 0, total / measured_weight.where(
-        measured_weight > 0, 1.0), np.nan)
-    ranked = out["coverage"] >= min_coverage
-    out["rank"] = out["score"].where(ranked).rank(ascending=False, method="min")
-    out["note"] = ["" if ok else f"not ranked: evidence for {c:.0%} of the weight (< "
-                   f"{min_coverage:.0%})" for ok, c in zip(ranked, out["coverage"], strict=True)]
-    out = out[["score", "coverage", "rank", "note"]]
-    return out.sort_values(["rank", "score"], na_position="last")
 
 
 def cell_text(value: float, unit: str, status: str = "measured", reason: str = "") -> str:

@@ -1,12 +1,18 @@
-"""course_lib.evidence (records -> evidence -> scores) and lesson 12 run on the fixture.
+"""course_lib.evidence (records -> evidence), the rules lessons 01, 08 and 12 write in their
+own cells (run here on small fixtures), and lesson 12 run on the fixture.
 
 The fixture `tests/fixtures/results/` holds real records of a smoke-profile run of lessons
 00-09 (its README says where they came from). The lesson tests run lesson 12 with papermill on
 that fixture, or on copies of it with lessons removed, and read what it printed and recorded.
+The arithmetic of the decision matrix (normalise, score_table, weighted_scores), lesson 08's
+per-bug score and lesson 01's selection on validation live in the notebooks, where the student
+reads them: the tests below take those cells' code from the notebooks themselves.
 """
 
+import ast
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -15,11 +21,50 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from course_lib import evidence, results
+from course_lib import claims, evidence, results
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = Path(__file__).parent / "fixtures" / "results"
 LESSON_12 = ROOT / "notebooks" / "12_decision_matrix.ipynb"
+LESSON_08 = ROOT / "notebooks" / "08_debugging.ipynb"
+LESSON_01 = ROOT / "notebooks" / "01_data_and_classical_ml.ipynb"
+
+
+def _cell(notebook, marker):
+    """The source of the one code cell of ``notebook`` that contains ``marker``."""
+    cells = [c.source for c in nbformat.read(notebook, as_version=4).cells
+             if c.cell_type == "code" and marker in c.source]
+    assert len(cells) == 1, f"{notebook.name}: {len(cells)} code cells contain {marker!r}"
+    return cells[0]
+
+
+def _functions(notebook, *names, **namespace):
+    """The top-level functions (or assigned names) ``names`` of the notebook's code cells,
+    defined in a namespace holding NumPy, pandas, re and ``namespace``, in the order given:
+    the notebook's own code, not a copy."""
+    found = {}
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        if cell.cell_type != "code" or cell.source.startswith("%%"):
+            continue
+        try:
+            tree = ast.parse(cell.source)
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            name = (node.name if isinstance(node, ast.FunctionDef) else
+                    node.targets[0].id if isinstance(node, ast.Assign)
+                    and isinstance(node.targets[0], ast.Name) else None)
+            if name in names:
+                found.setdefault(name, ast.get_source_segment(cell.source, node))
+    assert set(found) == set(names), f"{notebook.name} lacks {set(names) - set(found)}"
+    scope = {"np": np, "pd": pd, "re": re, **namespace}
+    for name in names:
+        exec(found[name], scope)  # noqa: S102 (the course's own notebook)
+    return [scope[n] for n in names]
+
+
+normalise, MINMAX_ONLY, score_table, weighted_scores = _functions(
+    LESSON_12, "normalise", "MINMAX_ONLY", "score_table", "weighted_scores")
 
 
 def _write(folder, lesson, metric, value, framework, device, **extra):
@@ -144,21 +189,21 @@ def test_best_per_framework_and_from_rows(tmp_path):
         evidence.best_per_framework(rows, "faster")
 
 
-# --- scores and the matrix -----------------------------------------------------------------
+# --- scores and the matrix: lesson 12's own functions -------------------------------------
 
 def test_normalise_methods_keep_missing_missing():
     times = pd.Series({"a": 1.0, "b": 2.0, "c": np.nan})
-    ratio = evidence.normalise(times, "lower", "ratio")
+    ratio = normalise(times, "lower", "ratio")
     assert ratio["a"] == 1.0 and ratio["b"] == 0.5 and np.isnan(ratio["c"])
     acc = pd.Series({"a": 0.9, "b": 0.6})
-    assert evidence.normalise(acc, "higher", "minmax").tolist() == [1.0, 0.0]
-    assert evidence.normalise(acc, "higher", "rank").tolist() == [1.0, 0.0]
-    assert evidence.normalise(pd.Series({"a": 3.0, "b": 3.0}), "lower", "minmax").tolist() == \
+    assert normalise(acc, "higher", "minmax").tolist() == [1.0, 0.0]
+    assert normalise(acc, "higher", "rank").tolist() == [1.0, 0.0]
+    assert normalise(pd.Series({"a": 3.0, "b": 3.0}), "lower", "minmax").tolist() == \
         [1.0, 1.0]
     with pytest.raises(ValueError, match="> 0"):
-        evidence.normalise(pd.Series({"a": 0.0, "b": 1.0}), "lower", "ratio")
+        normalise(pd.Series({"a": 0.0, "b": 1.0}), "lower", "ratio")
     with pytest.raises(ValueError, match="method"):
-        evidence.normalise(acc, "higher", "zscore")
+        normalise(acc, "higher", "zscore")
 
 
 def _scores():
@@ -167,8 +212,8 @@ def _scores():
 
 
 def test_the_ranking_changes_when_the_weights_change():
-    speed = evidence.weighted_scores(_scores(), {"speed": 3, "ease": 1})
-    ease = evidence.weighted_scores(_scores(), {"speed": 1, "ease": 3})
+    speed = weighted_scores(_scores(), {"speed": 3, "ease": 1})
+    ease = weighted_scores(_scores(), {"speed": 1, "ease": 3})
     assert speed.index[0] == "jax"
     assert speed.loc["jax", "rank"] < speed.loc["keras", "rank"]
     assert ease.loc["keras", "rank"] < ease.loc["jax", "rank"]
@@ -176,22 +221,22 @@ def test_the_ranking_changes_when_the_weights_change():
 
 
 def test_a_missing_criterion_is_left_out_not_scored_zero():
-    ranked = evidence.weighted_scores(_scores(), {"speed": 1, "ease": 1}, min_coverage=0.5)
+    ranked = weighted_scores(_scores(), {"speed": 1, "ease": 1}, min_coverage=0.5)
     sk = ranked.loc["sklearn"]
     assert sk["score"] == pytest.approx(0.9)  # the mean of what was measured, not (0 + 0.9) / 2
     assert sk["coverage"] == pytest.approx(0.5) and sk["rank"] == 1
-    strict = evidence.weighted_scores(_scores(), {"speed": 1, "ease": 1}, min_coverage=0.75)
+    strict = weighted_scores(_scores(), {"speed": 1, "ease": 1}, min_coverage=0.75)
     assert np.isnan(strict.loc["sklearn", "rank"]) and "not ranked" in strict.loc["sklearn", "note"]
     assert strict.index[-1] == "sklearn"
 
 
 def test_weights_are_checked():
     with pytest.raises(KeyError, match="valid"):
-        evidence.weighted_scores(_scores(), {"sped": 1})
+        weighted_scores(_scores(), {"sped": 1})
     with pytest.raises(ValueError, match=">= 0"):
-        evidence.weighted_scores(_scores(), {"speed": -1})
+        weighted_scores(_scores(), {"speed": -1})
     with pytest.raises(ValueError, match="all weights are 0"):
-        evidence.weighted_scores(_scores(), {"speed": 0})
+        weighted_scores(_scores(), {"speed": 0})
 
 
 def test_score_table_and_sources_used():
@@ -202,13 +247,24 @@ def test_score_table_and_sources_used():
                           hardware="gpu box", source="reference: gpu"),
         evidence.missing("keras", "step_time", "not timed"),
     ])
-    scores = evidence.score_table(ev, {"step_time": "lower"})
+    scores = score_table(ev, {"step_time": "lower"})
     assert scores.loc["torch", "step_time"] == 0.25 and np.isnan(scores.loc["keras", "step_time"])
     used = evidence.sources_used(ev)
     assert used.to_dict("records") == [{"criterion": "step_time", "source": "reference: gpu",
                                         "hardware": "gpu box", "frameworks": "jax, torch"}]
     with pytest.raises(KeyError):
-        evidence.score_table(ev, {})
+        score_table(ev, {})
+
+
+def test_a_count_whose_best_is_zero_is_scored_minmax_not_divided_by_zero():
+    ev = evidence.evidence_table([
+        evidence.measured(f, "added_bug_classes", n, "bug classes", lesson="08",
+                          metric="bug_scored", hardware="cpu", source="this run")
+        for f, n in (("torch", 0), ("jax", 3), ("tensorflow", 2))])
+    assert "added_bug_classes" in MINMAX_ONLY
+    scores = score_table(ev, {"added_bug_classes": "lower"})["added_bug_classes"]
+    assert scores["torch"] == 1.0 and scores["jax"] == 0.0
+    assert scores["tensorflow"] == pytest.approx(1 / 3)
 
 
 # --- lines of code -------------------------------------------------------------------------
@@ -288,8 +344,9 @@ def test_lesson_12_matrix_changes_with_the_weights(tmp_path, monkeypatch):
     for name, tabular in (("accuracy", {"tabular_accuracy": 1}),
                           ("imports", {"import_time": 1})):
         weights = {"tabular data": tabular, "research": {"debugging": 1, "step_time": 1},
-                   "production": {"parity": 1, "memory": 1}}
+                   "production": {"import_memory": 1, "step_time": 1}}
         text, recorded = _run_lesson(tmp_path, monkeypatch, name, WEIGHTS=weights)
+        recorded = recorded[recorded["metric"] == "scenario_score"]
         from_nb[name] = _top(recorded, "tabular data")
         assert set(recorded["scenario"]) == set(weights)
         # the hardware of the numbers is named, in the matrix and in every record it wrote
@@ -316,8 +373,9 @@ def test_lesson_12_shows_a_missing_lesson_and_labels_references(tmp_path, monkey
     assert "missing: lesson 06 recorded no test_accuracy in this run or the references" in text
     assert "no records: the lesson was not run" in text  # the inventory lists it
     assert "reference: fixture-machine" in text  # lesson 09's numbers, labelled
-    assert any("reference: fixture-machine" in s for s in recorded["sources"])
-    assert not recorded.empty and recorded["value"].between(0, 1).all()
+    scored = recorded[recorded["metric"] == "scenario_score"]
+    assert any("reference: fixture-machine" in s for s in scored["sources"])
+    assert not scored.empty and recorded["value"].between(0, 1).all()
     assert "lesson 10 has no export_ok records in this run or the references" in text
 
 
@@ -349,21 +407,39 @@ def test_lesson_12_reads_deployment_and_distributed_records(tmp_path, monkeypatc
     rec("10", "article_ranking_holds", 0, "bool", framework="all", model="mlp", batch=1)
     rec("11", "loss_max_abs_diff", 2e-7, "abs", framework="torch", mode="ddp-gloo-2",
         tol=1e-4, passed=True)
-    rec("11", "loss_max_abs_diff", 3e-7, "abs", framework="jax", mode="shard_map-4",
-        tol=1e-4, passed=True)
+    for mode in ("shard_map-4", "NamedSharding-4", "shard_map-check_vmaFalse-pmeangrads-4"):
+        rec("11", "loss_max_abs_diff", 3e-7, "abs", framework="jax", mode=mode, tol=1e-4,
+            passed=True)  # three setups of one capability
+    rec("11", "loss_max_abs_diff", 1e-7, "abs", framework="keras", backend="jax",
+        mode="ModelParallel-2x2", tol=1e-4, passed=True)
     rec("11", "loss_max_abs_diff", 0.4, "abs", framework="jax", mode="pitfall-4", tol=1e-4,
         passed=False)
     rec("11", "distributed_vs_single_max_abs_diff", 0.4, "abs", framework="jax",
         mode="pitfall-4", pitfall=True)
-    text, _ = _run_lesson(tmp_path, monkeypatch, "with-10-11", RESULTS_DIR=str(folder))
+    text, recorded = _run_lesson(tmp_path, monkeypatch, "with-10-11", RESULTS_DIR=str(folder))
     assert "worked: ONNX (torch.onnx.export (dynamo))" in text
     assert "worked: none; failed: jax2onnx (cnn)" in text  # tried, failed, named, not counted
-    assert "holds only for sklearn, torch: an ONNX route worked for sklearn, torch (of jax, " \
-        "sklearn, torch)" in text
-    assert "holds (mlp: int8 file x0.30 of float32, accuracy -0.2 points)" in text
-    assert "holds in 0 of 1 cases (mlp batch 1: no)" in text
-    assert "jax: shard_map" in text and "torch: ddp-gloo" in text
-    assert "pitfall" not in text.split("Every major framework trains data-parallel")[-1][:300]
+    verdicts = recorded[recorded["metric"] == "claim_verdict"].set_index("claim_id")
+    assert verdicts.loc["onnx_portability", "verdict"] == claims.FAILS
+    assert verdicts.loc["onnx_portability", "reason"] == \
+        "an ONNX route worked for sklearn, torch (of jax, sklearn, torch)"
+    assert verdicts.loc["litert_shrinks", "verdict"] == claims.HOLDS
+    assert "mlp: int8 file x0.30 of float32, accuracy -0.2 points" in \
+        verdicts.loc["litert_shrinks", "reason"]
+    assert verdicts.loc["inference_ranking", "verdict"] == claims.FAILS
+    assert "TensorRT's place not measured here: needs an NVIDIA GPU" in \
+        verdicts.loc["inference_ranking", "reason"]
+    # capabilities, not setups: three JAX variants of data parallelism count once
+    assert "jax: data parallel (setups: NamedSharding, shard_map, shard_map-check_vmaFalse-" \
+        "pmeangrads)" in verdicts.loc["data_parallel_everywhere", "reason"]
+    assert "keras: tensor parallel (setups: ModelParallel-2x2)" in \
+        verdicts.loc["data_parallel_everywhere", "reason"]
+    assert verdicts.loc["data_parallel_everywhere", "verdict"] == claims.FAILS  # keras: no DP
+    assert "pitfall" not in verdicts.loc["data_parallel_everywhere", "reason"]
+    # out of this machine's scope: never judged, whatever the records say
+    assert "jax_speedup" not in verdicts.index
+    assert "not measured here: needs a GPU or TPU and a very large model" in text or \
+        "needs a GPU or TPU and a very large model" in text
 
 
 def test_count_model_lines_reads_writefile_cells(tmp_path):
@@ -377,3 +453,118 @@ def test_count_model_lines_reads_writefile_cells(tmp_path):
     nbformat.write(nb, tmp_path / "n.ipynb")
     out = evidence.count_model_lines(tmp_path / "n.ipynb", {"tensorflow": "(tf.Module)"})
     assert out.set_index("framework").loc["tensorflow", "lines"] == 3
+
+
+# --- lesson 12's criteria measure frameworks -------------------------------------------------
+
+def test_distributed_criterion_counts_capabilities_not_the_setups_the_course_wrote():
+    capabilities, capability = _functions(LESSON_12, "CAPABILITIES", "capability")
+    jax_variants = ["NamedSharding-4", "shard_map-check_vmaFalse-pmeangrads-4", "shard_map-2"]
+    assert {capability(m) for m in jax_variants} == {"data parallel"}  # three setups, one kind
+    assert capability("ddp-gloo-2") == capability("DataParallel-4") == "data parallel"
+    assert capability("mirrored-run-2") == "data parallel"
+    assert capability("ModelParallel-2x2") == "tensor parallel"
+    assert capability("fsdp-2") == "sharded parameters (FSDP/ZeRO)"
+    assert capability("pipeline-4") == "pipeline"
+    assert capability("1-device") is None
+    assert len(capabilities) == 4
+
+
+# --- lesson 08: one score per (bug, framework), where the bug occurs ------------------------
+
+def _finding(bug, framework, mode, detected, names, points, wrong, setting="without a tool"):
+    return {"bug": bug, "framework": framework, "mode": mode, "detected": detected,
+            "names_cause": names, "points_at_user_line": points, "traceback_frames": None,
+            "error": None, "silently_wrong": wrong, "setting": setting}
+
+
+def test_lesson_08_scores_each_bug_once_where_it_occurs(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_RESULTS_DIR", str(tmp_path))
+    findings = pd.DataFrame([
+        _finding("shape_mismatch", "jax", "eager", 1, 1, 1, None),
+        _finding("shape_mismatch", "jax", "jit", 1, 1, 0, None),  # right words, no line: not named
+        _finding("shape_mismatch", "torch", "eager", 1, 1, 1, None),
+        _finding("silent_broadcasting", "torch", "plain", 0, 0, 0, 1),  # occurs, missed
+        _finding("silent_broadcasting", "keras", "jax", 0, 0, 0, 0),  # built-in loss: no bug
+        _finding("forgot_eval", "keras", "default call", 0, 0, 0, 0),  # does not occur
+        _finding("forgot_eval", "keras", "training=True", 0, 0, 0, 1),  # occurs, missed
+        _finding("tracer_error", "jax", "jit: training flag", 1, 1, 1, None),  # design
+        _finding("nan_loss", "torch", "detect_anomaly", 1, 1, 1, None, "with the tool"),
+    ])
+    scope = {"findings": findings, "results": results, "KERAS_BACKEND": "jax", "LESSON": "08",
+             "pd": pd, "np": np, "print": lambda *a, **k: None}
+    exec(_cell(LESSON_08, "DESIGN_BUGS = {"), scope)  # noqa: S102 (the lesson's own cell)
+    per_bug = scope["per_bug"].set_index(["framework", "bug"])
+    assert not per_bug.index.duplicated().any()
+    assert ("keras", "silent_broadcasting") not in per_bug.index  # not a missed detection
+    assert per_bug.loc[("keras", "forgot_eval"), "runs"] == 1  # only the run where it occurs
+    assert not per_bug.loc[("jax", "shape_mismatch"), "named"]  # every way, or not named
+    assert per_bug.loc[("torch", "shape_mismatch"), "named"]
+    assert ("torch", "nan_loss") not in per_bug.index  # a tool's run is not "without a tool"
+    scores = scope["debug_scores"]
+    assert scores.loc["jax", "bugs"] == 1 and scores.loc["jax", "bug classes it adds"] == 1
+    assert scores.loc["torch", "bug classes it adds"] == 0
+    recorded = results.read_results(tmp_path, lessons=["08"])
+    assert len(recorded) == len(per_bug) and set(recorded["metric"]) == {"bug_scored"}
+    design = recorded[recorded["design"].astype(bool)]
+    assert list(design["bug"]) == ["tracer_error"]
+
+
+def test_lesson_08_names_the_cause_needs_the_facts_and_the_line():
+    (names_the_cause,) = _functions(LESSON_08, "names_the_cause")
+    row = {"detected": 1, "names_cause": 1, "points_at_user_line": 1}
+    assert names_the_cause(row)
+    for missing in row:
+        assert not names_the_cause({**row, missing: 0}), missing
+
+
+# --- lesson 01: chosen on validation, tested once ------------------------------------------
+
+class _Split:
+    def __init__(self, y_test, n_train):
+        self.y_test, self.y_train = y_test, np.zeros(n_train, dtype=np.int64)
+
+
+def test_lesson_01_chooses_on_validation_and_judges_with_an_interval(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_RESULTS_DIR", str(tmp_path))
+    y = np.array([0, 1] * 100)
+    wrong = 1 - y
+    half = np.where(np.arange(200) < 100, y, wrong)  # right on half the rows
+    table = pd.DataFrame([
+        # the forest looks best on validation, the linear model would look best on test
+        {"dataset": "d", "framework": "sklearn", "model": "random_forest", "kind": "classical",
+         "val_accuracy": 0.95, "fit_time_s": 0.1},
+        {"dataset": "d", "framework": "sklearn", "model": "logistic_regression",
+         "kind": "classical", "val_accuracy": 0.80, "fit_time_s": 0.1},
+        {"dataset": "d", "framework": "torch", "model": "mlp", "kind": "neural",
+         "val_accuracy": 0.90, "fit_time_s": 5.0},
+    ])
+    table["who"] = np.where(table["model"] == "mlp", table["framework"] + " mlp", table["model"])
+    predictions = {("d", "sklearn", "random_forest"): half, ("d", "sklearn", "logistic_regression"): y,
+                   ("d", "torch", "mlp"): y}
+    scope = {"table": table, "datasets": {"d": _Split(y, 600)}, "test_predictions": predictions,
+             "claims": claims, "results": results, "LESSON": "01", "EPOCHS": 1, "SEED": 0,
+             "keras_backend": None, "np": np, "pd": pd, "print": lambda *a, **k: None}
+    exec(_cell(LESSON_01, "def bootstrap_gap("), scope)  # noqa: S102 (the lesson's own cell)
+    recorded = results.read_results(tmp_path, lessons=["01"])
+    tests = recorded[recorded["metric"] == "test_accuracy"].set_index("framework")
+    assert tests.loc["sklearn", "model"] == "random_forest"  # chosen on validation ...
+    assert tests.loc["sklearn", "value"] == 0.5  # ... and its test figure, not the best one
+    assert (tests["chosen_on"] == "validation").all() and len(tests) == 2
+    gap = recorded[recorded["metric"] == "tabular_accuracy_gap"].iloc[0]
+    assert gap["classical"] == "random_forest" and gap["value"] == -0.5
+    assert gap["low"] <= -0.5 <= gap["high"] and gap["high"] < -0.01
+    assert gap["verdict"] == claims.FAILS  # the whole interval is below -1 point
+
+
+def test_lesson_01_bootstrap_interval_is_paired_and_cannot_tell_a_small_gap():
+    (bootstrap_gap,) = _functions(LESSON_01, "bootstrap_gap", SEED=0)
+    rng = np.random.default_rng(1)
+    a = (rng.random(150) < 0.9).astype(float)
+    b = a.copy()
+    b[:3] = 1 - b[:3]  # differ on 3 rows of 150
+    low, high = bootstrap_gap(a, b)
+    assert low < a.mean() - b.mean() < high
+    assert high - low < 0.06  # paired: only the 3 differing rows move the gap
+    verdict = claims.judge(claims.get("tabular_classical"), (low, high))
+    assert verdict.verdict in (claims.HOLDS, claims.CANT_TELL)
