@@ -129,7 +129,7 @@ def colab_url(notebook: str, *, repo: str = GITHUB_REPO, ref: str = RELEASE_REF)
 
 #: Matches a :func:`colab_url` (of any repository and ref) and names its parts.
 COLAB_URL = re.compile(r"https://colab\.research\.google\.com/github/(?P<owner>[\w.-]+)/"
-                       r"(?P<repo>[\w.-]+)/blob/(?P<ref>[^/\s)\"']+)/notebooks/[^\s)\"']+")
+                       r"(?P<repo>[\w.-]+)/blob/(?P<ref>[^/\s)\"']+)/(?:notebooks|student)/[^\s)\"']+")
 
 
 def binder_url_for(colab_link: str) -> str | None:
@@ -151,9 +151,9 @@ BINDER_BADGE_IMAGE = "https://mybinder.org/badge_logo.svg"
 
 def binder_url(*, repo: str = GITHUB_REPO, ref: str = RELEASE_REF) -> str:
     """The mybinder.org URL that builds ``binder/`` at ``ref`` and opens JupyterLab on the
-    lessons (``notebooks/``)."""
+    student edition of the lessons (``student/``)."""
     return (f"https://mybinder.org/v2/gh/{repo}/{urllib.parse.quote(ref)}"
-            "?urlpath=lab/tree/notebooks")
+            "?urlpath=lab/tree/student")
 
 
 def binder_badge_markdown(*, repo: str = GITHUB_REPO, ref: str = RELEASE_REF) -> str:

@@ -3,15 +3,23 @@
 Outputs (under ``--out``, default ``build/``):
 - ``notebooks/``: the executed notebooks (written even when a lesson fails, with its error);
 - ``results/``: the records the lessons made (see :mod:`course_lib.results`);
+- ``logs/<run>/``: each lesson's full log ``NN_name.log`` (everything its kernel and papermill
+  wrote: cell outputs, warnings, the C++ notices of the frameworks, a failure's traceback) and
+  the site build's ``site.log``; ``<run>`` is the UTC start time and the run id;
 - ``site/``: the course website (Sphinx, MyST-NB, sphinx-book-theme; static, offline, works
   from the file system): the executed lessons in order, a front page with each lesson's status
   and key results, lesson 12's decision matrix and the recorded results, and the pages of
   ``docs/`` (instructors). See :func:`build_site`.
+
+The terminal gets one line per lesson (a tqdm progress bar over the lesson's code cells while
+it runs, when the output is a terminal), then a summary; nothing the kernels write reaches it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime as _dt
 import html
 import os
 import re
@@ -19,15 +27,19 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TextIO
 
 from course_lib import colab as colab_links
 from course_lib import results as _results
 from course_lib import runtime
 
 LESSON_PATTERN = re.compile(r"^(\d\d)_[A-Za-z0-9_]+\.ipynb$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 @dataclasses.dataclass
@@ -40,6 +52,7 @@ class LessonRun:
     seconds: float
     error: str = ""  # for a failure: the failing cell and the error
     output: Path | None = None
+    log: Path | None = None  # the lesson's full log (kernel and papermill output)
 
 
 def find_lessons(folder: str | os.PathLike, lessons=None) -> list[Path]:
@@ -69,24 +82,114 @@ def _describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def run_lesson(path: Path, out_dir: Path, *, profile: str, timeout_s: int | None,
-               progress: bool) -> LessonRun:
-    """Execute one notebook with papermill into ``out_dir/<name>.ipynb``; never raises for a
-    failure inside the notebook (it is reported in the returned :class:`LessonRun`)."""
-    import papermill
-
-    out = out_dir / path.name
-    start = time.perf_counter()
+@contextlib.contextmanager
+def _output_to(log_path: Path) -> Iterator[TextIO]:
+    """Send everything this process and its children write to stdout and stderr (file
+    descriptors 1 and 2, which the kernel papermill starts inherits) to the end of
+    ``log_path`` until the block ends; yields the open log. POSIX semantics: on Windows a
+    child started meanwhile may still write to the console."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved = (os.dup(1), os.dup(2))
     try:
-        papermill.execute_notebook(
-            str(path), str(out), parameters={"PROFILE": profile}, cwd=str(path.parent),
-            kernel_name="python3", progress_bar=progress, log_output=False,
-            execution_timeout=timeout_s,
-        )
-        status, error = "ok", ""
-    except Exception as exc:  # a failing lesson must not stop the others
-        status, error = "failed", _describe_failure(exc)
-    return LessonRun(path.name[:2], path.stem, status, time.perf_counter() - start, error, out)
+        with open(log_path, "a", encoding="utf-8", errors="replace", buffering=1) as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            try:
+                yield log
+            finally:
+                for stream in (sys.stdout, sys.stderr, log):
+                    with contextlib.suppress(Exception):
+                        stream.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def run_lesson(path: Path, out_dir: Path, *, profile: str, timeout_s: int | None,
+               progress: bool = False, log_path: Path | None = None,
+               on_cell: Callable[[int, int], None] | None = None) -> LessonRun:
+    """Execute one notebook with papermill into ``out_dir/<name>.ipynb``; never raises for a
+    failure inside the notebook (it is reported in the returned :class:`LessonRun`).
+
+    Everything the execution writes to stdout and stderr (the kernel's own messages, the
+    frameworks' C++ notices, the cells' printed output and warnings, papermill's messages
+    and, for a failure, the traceback) goes to ``log_path`` (default
+    ``out_dir/<name>.log``; appended to), never to the terminal. ``on_cell(done, total)`` is
+    called as code cells start (``done`` of ``total`` code cells finished), from the thread
+    running the notebook. ``progress``: also draw a tqdm bar over the cells on stdout while
+    the lesson runs (erased at the end). ``timeout_s``: seconds one cell may run (None: no
+    limit).
+    """
+    if not progress:
+        return _execute(path, out_dir, profile, timeout_s, log_path, on_cell)
+    term, owned = _terminal()
+    try:
+        with _progress_bar(term, path.stem, True) as update:
+            def both(done: int, total: int) -> None:
+                update(done, total)
+                if on_cell:
+                    on_cell(done, total)
+
+            return _execute(path, out_dir, profile, timeout_s, log_path, both)
+    finally:
+        if owned:
+            term.close()
+
+
+def _execute(path: Path, out_dir: Path, profile: str, timeout_s: int | None,
+             log_path: Path | None, on_cell: Callable[[int, int], None] | None) -> LessonRun:
+    out = out_dir / path.name
+    log_path = Path(log_path) if log_path is not None else out_dir / f"{path.stem}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with _output_to(log_path) as log:
+        cells = {"total": 0, "started": 0}
+
+        def notebook_start(notebook, **_):
+            cells["total"] = sum(1 for c in notebook.cells if _runs(c))
+            if on_cell:
+                on_cell(0, cells["total"])
+
+        def cell_start(cell, cell_index, **_):
+            if not _runs(cell):
+                return
+            if on_cell:
+                on_cell(cells["started"], cells["total"])
+            cells["started"] += 1
+            first = next((line for line in cell.source.splitlines() if line.strip()), "")
+            log.write(f"\n----- cell {cell_index} ({cells['started']}/{cells['total']}): "
+                      f"{first[:70]}\n")
+
+        log.write(f"===== {path.name}: profile {profile!r}, started "
+                  f"{_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M:%S} UTC; executed "
+                  f"notebook: {out}\n")
+        try:
+            import papermill
+
+            papermill.execute_notebook(
+                str(path), str(out), parameters={"PROFILE": profile}, cwd=str(path.parent),
+                kernel_name="python3", progress_bar=False, log_output=False,
+                stdout_file=log, stderr_file=log, execution_timeout=timeout_s,
+                on_notebook_start=notebook_start, on_cell_start=cell_start,
+            )
+            status, error = "ok", ""
+        except Exception as exc:  # a failing lesson must not stop the others
+            status, error = "failed", _describe_failure(exc)
+            log.write(f"\n===== FAILED: {error}\n{_ANSI.sub('', str(exc)).strip()}\n")
+        seconds = time.perf_counter() - start
+        log.write(f"\n===== {status} in {seconds:.1f} s\n")
+    if on_cell and status == "ok":
+        on_cell(cells["total"], cells["total"])
+    return LessonRun(path.name[:2], path.stem, status, seconds, error, out, log_path)
+
+
+def _runs(cell) -> bool:
+    """Whether nbclient executes ``cell`` (a code cell with some source)."""
+    return cell.cell_type == "code" and bool(cell.source.strip())
 
 
 def key_results(frame, lesson: str, limit: int = 3) -> str:
@@ -124,7 +227,8 @@ class SiteError(RuntimeError):
 
 
 def build_site(runs: list[LessonRun], site_dir: Path, results_dir: Path, profile: str, *,
-               docs_dir: Path | None = None, timeout_s: float = 600) -> Path:
+               docs_dir: Path | None = None, timeout_s: float = 600,
+               log_path: Path | None = None, notebooks_dir: Path | None = None) -> Path:
     """Build the course website into ``site_dir`` with Sphinx, MyST-NB and sphinx-book-theme,
     and return the path of its ``index.html``.
 
@@ -134,14 +238,17 @@ def build_site(runs: list[LessonRun], site_dir: Path, results_dir: Path, profile
     executed notebook in ``runs`` (lesson order, with previous/next links; a failed lesson's
     page shows its notebook up to the failure under a warning; a lesson with no executed
     notebook is listed as failed), and one page per Markdown file in ``docs_dir`` (default:
-    ``docs/`` next to the lessons' folder; ``instructors.md`` first). The notebooks are
+    ``docs/`` next to the lessons' folder; ``instructors.md`` first), and, given the lessons'
+    sources in ``notebooks_dir``, a solutions page per lesson with exercises (folded answers;
+    the lesson pages show the exercises' stubs, never the answers). The notebooks are
     rendered as executed (``nb_execution_mode = "off"``); nothing is fetched from the network.
     The site has relative links only and needs no server.
 
     Sphinx writes into a temporary folder next to ``site_dir``, which replaces ``site_dir``
     only when the build succeeded. Raises :class:`SiteError` (with Sphinx's messages) when it
     fails or runs longer than ``timeout_s`` seconds; ``site_dir`` is then left as it was.
-    Sphinx's warnings are printed to stderr; its other output is silenced.
+    Sphinx's warnings (and, when it fails, its other output) go to ``log_path`` when one is
+    given, else to stderr.
     """
     site_dir = Path(site_dir).resolve()
     site_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -151,8 +258,9 @@ def build_site(runs: list[LessonRun], site_dir: Path, results_dir: Path, profile
     work = Path(tempfile.mkdtemp(prefix=f".{site_dir.name}-build-", dir=site_dir.parent))
     try:
         src, html_dir = work / "src", work / "html"
-        write_site_sources(runs, src, results_dir, profile, docs_dir=docs_dir)
-        _run_sphinx(src, html_dir, work / "doctrees", timeout_s)
+        write_site_sources(runs, src, results_dir, profile, docs_dir=docs_dir,
+                           notebooks_dir=notebooks_dir)
+        _run_sphinx(src, html_dir, work / "doctrees", timeout_s, log_path)
         if not (html_dir / "index.html").is_file():
             raise SiteError(f"Sphinx wrote no index.html in {html_dir}")
         if site_dir.exists():
@@ -163,7 +271,8 @@ def build_site(runs: list[LessonRun], site_dir: Path, results_dir: Path, profile
     return site_dir / "index.html"
 
 
-def _run_sphinx(src: Path, out: Path, doctrees: Path, timeout_s: float) -> None:
+def _run_sphinx(src: Path, out: Path, doctrees: Path, timeout_s: float,
+                log_path: Path | None = None) -> None:
     cmd = [sys.executable, "-m", "sphinx", "-b", "html", "-q", "-j", "auto", "-d",
            str(doctrees), str(src), str(out)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
@@ -172,7 +281,12 @@ def _run_sphinx(src: Path, out: Path, doctrees: Path, timeout_s: float) -> None:
                               cwd=src)
     except subprocess.TimeoutExpired as exc:
         raise SiteError(f"Sphinx ran longer than {timeout_s:.0f} s") from exc
-    if proc.stderr.strip():
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a", encoding="utf-8") as log:
+            log.write(f"===== {' '.join(cmd)}\n{proc.stdout}{proc.stderr}"
+                      f"===== exit status {proc.returncode}\n")
+    elif proc.stderr.strip():
         print(proc.stderr.rstrip(), file=sys.stderr, flush=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr + proc.stdout).strip().splitlines()[-15:])
@@ -180,13 +294,17 @@ def _run_sphinx(src: Path, out: Path, doctrees: Path, timeout_s: float) -> None:
 
 
 def write_site_sources(runs: list[LessonRun], src: Path, results_dir: Path, profile: str, *,
-                       docs_dir: Path | None = None) -> list[str]:
+                       docs_dir: Path | None = None,
+                       notebooks_dir: Path | None = None) -> list[str]:
     """Write the Sphinx sources of the site into the new folder ``src``: ``conf.py`` and
     ``_static/`` (from ``course_tools/site``), the executed notebooks (remote badge images
     replaced by local copies; a failed lesson gets a warning cell after its title), the
     Markdown pages of ``docs_dir`` and the front page ``index.ipynb``. Returns the document
     names in navigation order (lessons first)."""
     import nbformat
+
+    from course_tools import student  # (lazily: the grading code imports this module)
+    from course_tools.site import solutions
 
     shutil.copytree(SITE_FILES, src, ignore=shutil.ignore_patterns("__pycache__"))
     pages: dict[str, str] = {}  # lesson -> document name
@@ -202,11 +320,12 @@ def write_site_sources(runs: list[LessonRun], src: Path, results_dir: Path, prof
                 if heading and run.lesson not in titles:
                     titles[run.lesson] = re.sub(r"^\d\d\s*[·:.-]\s*", "", heading.group(1)).strip()
                 found = colab_links.COLAB_URL.search(cell.source)
-                if found and run.lesson not in colab:
-                    colab[run.lesson] = found.group(0)
+                if found and run.lesson not in colab:  # a student opens the student edition
+                    colab[run.lesson] = found.group(0).replace("/notebooks/", "/student/")
                 cell.source = _local_badges(cell.source)
         if run.status != "ok":
             _insert_failure_note(nb, run)
+        nb = student.hide_answers(nb, run.name)  # the answers are on the solutions pages
         nbformat.write(nb, src / f"{run.name}.ipynb")
         pages[run.lesson] = run.name
     docs = []
@@ -218,9 +337,15 @@ def write_site_sources(runs: list[LessonRun], src: Path, results_dir: Path, prof
             (src / path.name).write_text(_local_badges(path.read_text(encoding="utf-8")),
                                          encoding="utf-8")
             docs.append(path.stem)
-    index = front_page(runs, pages, colab, results_dir, profile, docs, titles)
+    from course_tools.site import claims as claims_page  # the claims register as a page
+
+    docs.append(claims_page.write_page(src, results_dir))
+    solution_pages = (solutions.write_pages(notebooks_dir, src, lessons=sorted(pages))
+                      if notebooks_dir is not None else [])
+    index = front_page(runs, pages, colab, results_dir, profile, docs, titles, solution_pages)
     nbformat.write(index, src / "index.ipynb")
-    return list(dict.fromkeys(pages[r.lesson] for r in runs if r.lesson in pages)) + docs
+    return (list(dict.fromkeys(pages[r.lesson] for r in runs if r.lesson in pages)) + docs
+            + solution_pages)
 
 
 def _local_badges(text: str) -> str:
@@ -258,7 +383,7 @@ def _hardware(frame) -> list[str]:
 
 def front_page(runs: list[LessonRun], pages: dict[str, str], colab: dict[str, str],
                results_dir: Path, profile: str, docs: list[str],
-               titles: dict[str, str] | None = None):
+               titles: dict[str, str] | None = None, solution_pages: list[str] | None = None):
     """The front page as a notebook (rendered by MyST-NB like the lessons): introduction,
     badges, the lessons table, the decision matrix of lesson 12, the recorded results and the
     (hidden) navigation trees. ``pages`` maps lesson ids to document names, ``colab`` lesson
@@ -296,6 +421,9 @@ def front_page(runs: list[LessonRun], pages: dict[str, str], colab: dict[str, st
     if docs:
         toc += ["", "```{toctree}", ":hidden:", ":caption: Instructors and notes", "", *docs,
                 "```"]
+    if solution_pages:
+        toc += ["", "```{toctree}", ":hidden:", ":caption: Solutions (open when stuck)", "",
+                *solution_pages, "```"]
     cells.append(md("\n".join(toc)))
     nb = nbformat.v4.new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
@@ -406,13 +534,98 @@ def _results_cells(frame) -> list:
     return [md("## Recorded results"), out]
 
 
+def _terminal() -> tuple[TextIO, bool]:
+    """A stream to where stdout goes now, which keeps going there while
+    :func:`_output_to` redirects file descriptors 1 and 2 to a lesson's log; and whether it
+    is a new stream that the caller must close."""
+    stream = sys.stdout
+    with contextlib.suppress(Exception):
+        stream.flush()
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # already a Python object (a test's capture)
+        return stream, False
+    if fd not in (1, 2):
+        return stream, False
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    return open(os.dup(fd), "w", encoding=encoding, errors="replace", buffering=1), True
+
+
+def _is_tty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def _progress_bar(stream: TextIO, desc: str, enabled: bool, *,
+                  cells: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """A tqdm bar on ``stream`` while the block runs, redrawn every second so that its clock
+    moves during a long cell, and erased at the end (the caller prints the lesson's line).
+    Yields ``update(done, total)``; with ``enabled`` false there is no bar and ``update`` does
+    nothing (output that is not a terminal gets plain lines only). ``cells`` false: a bar
+    with the clock only."""
+    if not enabled:
+        yield lambda done, total: None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=None, desc=desc, unit="cell", file=stream, leave=False, dynamic_ncols=True,
+               bar_format=("{desc}: {n_fmt}/{total_fmt} cells |{bar:20}| {elapsed}" if cells
+                           else "{desc}: {elapsed}"))
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(1.0):
+            bar.refresh()
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    thread = threading.Thread(target=tick, name="course-progress", daemon=True)
+    thread.start()
+    try:
+        yield update
+    finally:
+        stop.set()
+        thread.join()
+        bar.close()
+
+
+def _one_line(text: str, limit: int = 240) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _lesson_detail(run: LessonRun, frame, run_id: str) -> str:
+    """The lesson's error and where its log is, or its key results from this run."""
+    if run.status != "ok":
+        where = f"log: {run.log}" if run.log else "no log"
+        return f"{_one_line(run.error or 'failed')} ({where})"
+    if not frame.empty and "run_id" in frame.columns:
+        frame = frame[frame["run_id"] == run_id]
+    return _one_line(key_results(frame, run.lesson)) or "(no key result recorded)"
+
+
 def run_course(notebooks_dir: Path, out: Path, *, profile: str, lessons=None,
                timeout_s: int | None = None, progress: bool | None = None) -> int:
-    """Execute the lessons in order, print progress and a summary, build the site.
+    """Execute the lessons in order, report each on one line, build the site, summarise.
+
+    The terminal (stdout) gets a header line, one line per lesson as it ends (status, time,
+    and its key results, or for a failure the failing cell, the error and the path of the
+    lesson's log), then a summary: one line per lesson and where the logs, the site, the
+    results and the executed notebooks are. Everything the kernels and papermill write goes
+    to ``<out>/logs/<run>/NN_name.log`` and Sphinx's output to ``.../site.log``, never to the
+    terminal. ``progress``: show a tqdm bar over the running lesson's cells (default: when
+    stdout is a terminal; otherwise only plain lines, no carriage returns).
 
     Returns the process exit status: 0 if every lesson ran and the site was built, 1 if any
-    lesson failed or the site could not be built (the previous site is then kept). Raises
-    ValueError for an unknown profile or lesson number (before anything runs).
+    lesson failed or the site could not be built (the previous site is then kept), 130 if
+    interrupted (Ctrl-C). Raises ValueError for an unknown profile or lesson number (before
+    anything runs).
     """
     runtime.check_profile(profile)
     paths = find_lessons(notebooks_dir, lessons)
@@ -424,37 +637,91 @@ def run_course(notebooks_dir: Path, out: Path, *, profile: str, lessons=None,
     results_dir.mkdir(parents=True, exist_ok=True)
     os.environ["COURSE_RESULTS_DIR"] = str(results_dir)
     os.environ["COURSE_PROFILE"] = profile
-    os.environ.setdefault("COURSE_RUN_ID", uuid.uuid4().hex[:12])
-    progress = sys.stdout.isatty() if progress is None else progress
+    run_id = os.environ.setdefault("COURSE_RUN_ID", uuid.uuid4().hex[:12])
+    started = _dt.datetime.now(_dt.UTC)
+    log_dir = out / "logs" / f"{started:%Y%m%d-%H%M%S}-{run_id}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    term, owned = _terminal()
+    try:
+        return _run_course(paths, notebooks_dir, nb_dir, results_dir, site_dir, log_dir,
+                           profile=profile, run_id=run_id, timeout_s=timeout_s, term=term,
+                           bars=_is_tty(term) if progress is None else progress)
+    finally:
+        if owned:
+            term.close()
+
+
+def _run_course(paths, notebooks_dir, nb_dir, results_dir, site_dir, log_dir, *, profile,
+                run_id, timeout_s, term, bars) -> int:
+    def say(text: str = "") -> None:
+        if bars:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=term)
+        else:
+            print(text, file=term, flush=True)
+
+    count, width = len(paths), max(len(p.stem) for p in paths)
     runs: list[LessonRun] = []
     start = time.perf_counter()
-    print(f"Running {len(paths)} lessons, profile {profile!r}, on {runtime.device_description()}",
-          flush=True)
-    for i, path in enumerate(paths, 1):
-        print(f"[{i}/{len(paths)}] {path.stem} ... (course time {time.perf_counter() - start:.0f} s)",
-              flush=True)
-        run = run_lesson(path, nb_dir, profile=profile, timeout_s=timeout_s, progress=progress)
-        runs.append(run)
-        print(f"    {run.status} in {run.seconds:.1f} s" + (f": {run.error}" if run.error else ""),
-              flush=True)
-    site_error = ""
+    say(f"Course: {count} lesson{'s' if count > 1 else ''}, profile {profile!r}, on "
+        f"{runtime.device_description()}; logs in {log_dir}")
+    current = None
     try:
-        index = build_site(runs, site_dir, results_dir, profile,
-                           docs_dir=Path(notebooks_dir).resolve().parent / "docs")
-    except SiteError as exc:  # the lessons ran: report them, then fail
-        site_error, index = str(exc), None
+        for i, path in enumerate(paths, 1):
+            current = log_dir / f"{path.stem}.log"
+            label = f"[{i}/{count}] {path.stem:<{width}}"
+            with _progress_bar(term, label, bars) as update:
+                run = run_lesson(path, nb_dir, profile=profile, timeout_s=timeout_s,
+                                 log_path=current, on_cell=update)
+            runs.append(run)
+            frame = _results.read_results(results_dir, lessons=[run.lesson])
+            status = "ok" if run.status == "ok" else "FAILED"
+            say(f"{label}  {status:<6} {run.seconds:7.1f} s  {_lesson_detail(run, frame, run_id)}")
+        current = log_dir / "site.log"
+        with _progress_bar(term, "building the site", bars, cells=False):
+            try:
+                index = build_site(runs, site_dir, results_dir, profile, log_path=current,
+                                   docs_dir=Path(notebooks_dir).resolve().parent / "docs",
+                                   notebooks_dir=Path(notebooks_dir))
+                site_error = ""
+            except SiteError as exc:  # the lessons ran: report them, then fail
+                site_error, index = str(exc), None
+            except Exception as exc:  # a bug in the site code: still report the lessons
+                import traceback
+
+                with open(current, "a", encoding="utf-8") as log:
+                    log.write("===== the site build raised:\n" + traceback.format_exc())
+                site_error, index = f"{type(exc).__name__}: {exc}", None
+    except KeyboardInterrupt:
+        say(f"\ninterrupted after {time.perf_counter() - start:.0f} s; the log of what was "
+            f"running: {current}")
+        return 130
     frame = _results.read_results(results_dir)
-    print("\nSummary")
-    print(f"{'lesson':<34} {'status':<7} {'time':>8}  key results")
-    for run in runs:
-        detail = run.error if run.error else key_results(frame, run.lesson)
-        print(f"{run.name:<34} {run.status:<7} {run.seconds:>7.1f}s  {detail}")
     failed = [r for r in runs if r.status != "ok"]
-    site = index if index else f"NOT BUILT ({site_error.splitlines()[0]})"
-    print(f"\n{len(runs) - len(failed)} passed, {len(failed)} failed in "
-          f"{time.perf_counter() - start:.0f} s. Site: {site}; results: {results_dir} "
-          f"({len(frame)} records); notebooks: {nb_dir}")
+    say(f"\nSummary ({len(runs) - len(failed)} passed, {len(failed)} failed in "
+        f"{time.perf_counter() - start:.0f} s):")
+    for run in runs:
+        say(f"  {run.name:<{width}}  {run.status:<6} {run.seconds:7.1f} s  "
+            f"{_lesson_detail(run, frame, run_id)}")
+    site_log = log_dir / "site.log"
+    if index:
+        warnings = _sphinx_warnings(site_log)
+        site = f"{index}" + (f" ({warnings} Sphinx warnings in {site_log})" if warnings else "")
+    else:
+        site = f"NOT BUILT ({site_error.splitlines()[0]}" + (
+            f"; see {site_log})" if site_log.is_file() else ")")
+    say(f"Site: {site}\nLogs: {log_dir}\nResults: {results_dir} ({len(frame)} "
+        f"record{'' if len(frame) == 1 else 's'}); notebooks: {nb_dir}")
     if site_error:
         print(f"The site could not be built; {site_dir} was left as it was.\n{site_error}",
-              file=sys.stderr)
+              file=sys.stderr, flush=True)
     return 1 if failed or site_error else 0
+
+
+def _sphinx_warnings(log_path: Path) -> int:
+    """How many ``WARNING:`` lines Sphinx wrote to ``log_path`` (0 when there is no log)."""
+    try:
+        return log_path.read_text(encoding="utf-8", errors="replace").count("WARNING:")
+    except OSError:
+        return 0

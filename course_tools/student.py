@@ -142,6 +142,26 @@ def student_notebook(lesson: Lesson, *, repo: str = colab.GITHUB_REPO,
     return nb
 
 
+def hide_answers(nb, name: str):
+    """``nb`` (an executed instructor copy, e.g. a page of the site) with every answer region
+    replaced by its stub and the answer cells' outputs removed, the hidden tests removed, and
+    nothing else changed (the other outputs stay); a new NotebookNode. ``name`` labels errors.
+
+    Raises:
+        LessonFormatError: unbalanced solution/hidden-test markers (nbgrader's message).
+    """
+    from nbgrader.preprocessors import ClearHiddenTests, ClearSolutions
+
+    nb = copy.deepcopy(nb)
+    nbclean.nbgrader_metadata(nb)
+    for step in (ClearSolutions(), ClearHiddenTests()):
+        nb = _run(step, nb, name)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and cell.metadata.get("nbgrader", {}).get("solution"):
+            cell.outputs = []
+    return nb
+
+
 def render(lesson: Lesson, *, repo: str = colab.GITHUB_REPO,
            ref: str = colab.RELEASE_REF) -> str:
     """The file text of ``lesson``'s student edition, after the leak check.

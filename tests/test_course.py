@@ -60,6 +60,11 @@ def test_course_keeps_going_names_failing_cell_and_exits_nonzero(lessons, tmp_pa
     text = proc.stdout
     assert "[1/3] 00_good" in text and "[3/3] 02_after" in text
     assert "RuntimeError: lesson bug here" in text and "starts \"raise RuntimeError" in text
+    assert "\r" not in text and not proc.stderr  # not a terminal: plain lines; kernels quiet
+    (logs,) = (out / "logs").iterdir()
+    assert f"log: {logs / '01_broken.log'}" in text and f"Logs: {logs}" in text
+    assert "Traceback" in (logs / "01_broken.log").read_text()
+    assert "exit status 0" in (logs / "site.log").read_text()
     assert "answer[numpy]=42 units" in text  # key result in the summary
     assert "2 passed, 1 failed" in text
     # the lesson after the failure ran and recorded
@@ -93,10 +98,10 @@ def test_course_keeps_going_names_failing_cell_and_exits_nonzero(lessons, tmp_pa
 
 @pytest.mark.slow
 def test_bad_profile_parameter_fails_the_lesson_with_advice(lessons, tmp_path):
-    run = course.run_lesson(lessons / "00_good.ipynb", tmp_path, profile="fast", timeout_s=120,
-                            progress=False)
+    run = course.run_lesson(lessons / "00_good.ipynb", tmp_path, profile="fast", timeout_s=120)
     assert run.status == "failed"
     assert "PROFILE must be one of" in run.error and "papermill" in run.error
+    assert run.log == tmp_path / "00_good.log" and "PROFILE must be one of" in run.log.read_text()
 
 
 def test_cli_rejects_bad_profile_and_lesson_before_running(lessons, tmp_path, capsys):
@@ -151,7 +156,9 @@ def test_front_page_sources_matrix_badges_and_failed_lessons(tmp_path):
     (docs / "about.md").write_text("# About\n")
     names = course.write_site_sources(runs, tmp_path / "src", tmp_path / "res", "smoke",
                                       docs_dir=docs)
-    assert names == ["12_decision_matrix", "instructors", "about"]
+    # lessons first, then docs/ (instructors first); pages the site adds itself (the claims
+    # register) come after
+    assert names[:3] == ["12_decision_matrix", "instructors", "about"]
     src = tmp_path / "src"
     assert (src / "conf.py").is_file() and (src / "_static" / "colab-badge.svg").is_file()
     page = (src / "12_decision_matrix.ipynb").read_text()
@@ -161,7 +168,7 @@ def test_front_page_sources_matrix_badges_and_failed_lessons(tmp_path):
     assert "mybinder.org/v2/gh/someone/course/v1" in text and "_static/binder-badge.svg" in text
     assert "| 00 | a | <span class=\"course-failed\">failed</span> (no page" in text
     assert "RuntimeError: no kernel" in text and "[Decision matrix](12_decision_matrix.ipynb)" in text
-    assert "12_decision_matrix\n```" in text and "instructors\nabout\n```" in text
+    assert "12_decision_matrix\n```" in text and "\ninstructors\nabout\n" in text
     shown = [c for c in index.cells if c.cell_type == "code"]
     assert shown[0].source == "show(matrix)" and shown[0].outputs[0]["data"]["text/plain"] == "ranking"
     assert all("remove-input" in c.metadata["tags"] for c in shown)
@@ -206,8 +213,98 @@ def test_run_course_reports_a_site_that_could_not_be_built(lessons, tmp_path, mo
 
     monkeypatch.setattr(course, "run_lesson", fake_lesson)
     monkeypatch.setattr(course, "build_site", broken_site)
+    _restore_course_environment(monkeypatch)
     status = course.run_course(lessons, tmp_path / "out", profile="smoke", progress=False)
     captured = capsys.readouterr()
     assert status == 1
     assert "3 passed, 0 failed" in captured.out and "Site: NOT BUILT (Sphinx failed" in captured.out
     assert "The site could not be built" in captured.err and "boom" in captured.err
+
+
+def _restore_course_environment(monkeypatch, run_id="testrun0001"):
+    """run_course sets these for the kernels; give them back after the test."""
+    monkeypatch.setenv("COURSE_RUN_ID", run_id)
+    for name in ("COURSE_RESULTS_DIR", "COURSE_PROFILE"):
+        monkeypatch.setenv(name, "unset by the test")
+
+
+@pytest.mark.slow
+def test_terminal_gets_one_line_per_lesson_and_the_logs_get_the_noise(tmp_path, monkeypatch,
+                                                                        capfd):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    _notebook(folder / "00_noisy.ipynb",
+              # what TensorFlow's C++ code does: write to file descriptor 2 directly
+              "import os, warnings\nos.write(2, b'oneDNN NOISE from C++\\n')\n"
+              "warnings.warn('FRAMEWORK WARNING noise')\nprint('cell output text')",
+              "from course_lib import results\n"
+              "results.record('00', 'answer', 42, 'units', framework='numpy', key=True)")
+    _notebook(folder / "01_broken.ipynb",
+              "import sys\nprint('BROKEN STDERR NOISE', file=sys.stderr)",
+              "raise RuntimeError('lesson bug here')")
+    built = []
+    monkeypatch.setattr(course, "build_site",
+                        lambda runs, site_dir, *a, **k: built.append(runs) or site_dir / "index.html")
+    _restore_course_environment(monkeypatch)
+    out = tmp_path / "build"
+    status = course.run_course(folder, out, profile="smoke", progress=False)
+    captured = capfd.readouterr()
+    assert status == 1
+    (logs,) = (out / "logs").iterdir()
+    assert logs.name.endswith("-testrun0001")
+    lines = captured.out.splitlines()
+    expected = ["Course: 2 lessons, profile 'smoke', on CPU: ",
+                "[1/2] 00_noisy   ok ", "[2/2] 01_broken  FAILED ", "", "Summary (1 passed, 1 failed",
+                "  00_noisy   ok ", "  01_broken  failed ", f"Site: {out / 'site' / 'index.html'}",
+                f"Logs: {logs}", f"Results: {out / 'results'} (1 record); notebooks: "]
+    assert len(lines) == len(expected), captured.out
+    for line, start in zip(lines, expected, strict=True):
+        assert line.startswith(start), (line, start)
+    assert lines[1].endswith(" answer[numpy]=42 units") and lines[5].endswith(" answer[numpy]=42 units")
+    broken = logs / "01_broken.log"
+    for line in (lines[2], lines[6]):
+        assert "RuntimeError: lesson bug here" in line and line.endswith(f"(log: {broken})")
+    assert "\r" not in captured.out and captured.err == ""
+    for noise in ("oneDNN NOISE", "FRAMEWORK WARNING", "BROKEN STDERR", "cell output text",
+                  "Kernel is running over TCP"):
+        assert noise not in captured.out + captured.err
+    noisy = (logs / "00_noisy.log").read_text()
+    assert "oneDNN NOISE from C++" in noisy and "UserWarning: FRAMEWORK WARNING noise" in noisy
+    assert "cell output text" in noisy and "===== ok in" in noisy
+    text = broken.read_text()
+    assert "BROKEN STDERR NOISE" in text and "Traceback" in text and "===== failed in" in text
+    assert [r.log for r in built[0]] == [logs / "00_noisy.log", broken]
+
+
+def test_progress_bar_draws_on_the_terminal_stream_and_erases_itself():
+    import io
+
+    stream = io.StringIO()
+    with course._progress_bar(stream, "[1/2] 00_x", True) as update:
+        update(3, 10)
+    frames = stream.getvalue().split("\r")
+    assert any(f.startswith("[1/2] 00_x: 3/10 cells |") for f in frames), frames
+    assert frames[-1] == "" and not frames[-2].strip()  # the last frame blanks the line
+    quiet = io.StringIO()
+    with course._progress_bar(quiet, "[1/2] 00_x", False) as update:
+        update(3, 10)
+    assert quiet.getvalue() == ""
+
+
+def test_a_bug_in_the_site_code_still_prints_the_summary(lessons, tmp_path, monkeypatch, capsys):
+    def fake_lesson(path, out_dir, **kwargs):
+        return _run(path.name[:2], path.stem, output=None)
+
+    def buggy_site(*args, **kwargs):
+        raise NameError("name 'paths' is not defined")
+
+    monkeypatch.setattr(course, "run_lesson", fake_lesson)
+    monkeypatch.setattr(course, "build_site", buggy_site)
+    _restore_course_environment(monkeypatch)
+    assert course.run_course(lessons, tmp_path / "out", profile="smoke", progress=False) == 1
+    out = capsys.readouterr().out
+    (logs,) = (tmp_path / "out" / "logs").iterdir()
+    assert "3 passed, 0 failed" in out
+    assert (f"Site: NOT BUILT (NameError: name 'paths' is not defined; see {logs / 'site.log'})"
+            in out)
+    assert "Traceback" in (logs / "site.log").read_text()

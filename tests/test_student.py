@@ -402,3 +402,31 @@ def test_real_lesson_runs_to_the_end_with_a_right_a_wrong_and_an_unanswered_exer
     assert errors == [(nb.cells.index(cells["ex3_solution"]), "NotImplementedError")]
     last = [c for c in nb.cells if c.cell_type == "code"][-1]
     assert last.execution_count is not None and last.outputs  # "What we measured" ran
+
+
+def test_site_pages_show_stubs_keep_other_outputs_and_link_the_solutions(tmp_path):
+    """The site renders executed lessons: the answers (and their outputs) give way to stubs,
+    the hidden tests go, other outputs stay, the answers are on the solutions page, and the
+    lesson's Colab and Binder links open the student edition."""
+    from course_tools import runner
+
+    notebooks = tmp_path / "nb"
+    path = tiny_lesson(notebooks)
+    executed = nbformat.read(path, as_version=4)
+    for cell in executed.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [nbformat.v4.new_output("stream", name="stdout",
+                                                   text=f"out of {cell.source[:12]!r}")]
+    out = tmp_path / "executed.ipynb"
+    nbformat.write(executed, out)
+    run = runner.LessonRun("07", "07_tiny", "ok", 1.0, "", out)
+    names = runner.write_site_sources([run], tmp_path / "src", tmp_path / "res", "smoke",
+                                      notebooks_dir=notebooks)
+    assert names[0] == "07_tiny" and "07_tiny_solutions" in names
+    page = (tmp_path / "src" / "07_tiny.ipynb").read_text(encoding="utf-8")
+    assert "return FACTOR * x" not in page and "secret 7731" not in page
+    assert "YOUR CODE HERE" in page and "out of " in page
+    solutions_page = (tmp_path / "src" / "07_tiny_solutions.md").read_text(encoding="utf-8")
+    assert "return FACTOR * x" in solutions_page
+    index = (tmp_path / "src" / "index.ipynb").read_text(encoding="utf-8")
+    assert ":caption: Solutions" in index and "07_tiny_solutions" in index
