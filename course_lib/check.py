@@ -133,7 +133,8 @@ def explain(exc: BaseException, tb: types.TracebackType | None) -> tuple[str, li
     Raises nothing."""
     details: list[str] = []
     check_frame, line = (tb.tb_frame, tb.tb_lineno) if tb is not None else (None, None)
-    statement = _statement(check_frame, line) if check_frame is not None else None
+    statement = (_statement(check_frame, line)
+                 if check_frame is not None and line is not None else None)
     if statement is not None:
         text, node = statement
         shown = text if text.count("\n") < 6 else "\n".join(text.splitlines()[:6] + ["..."])

@@ -161,7 +161,7 @@ def notebook_edition(nb) -> str | None:
     line = next((x for x in title.split("\n") if _is_badge_line(x)), None)
     if line is None:
         return None
-    return "student" if _STUDENT_LINK in colab.find_badge(line) else "instructor"
+    return "student" if _STUDENT_LINK in (colab.find_badge(line) or "") else "instructor"
 
 
 def set_badge_line(nb, notebook: str, *, edition: str, repo: str = colab.GITHUB_REPO,

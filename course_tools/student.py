@@ -60,7 +60,7 @@ def _indent_body(body: str, prefix: str = "    ") -> str:
     """``body`` indented by ``prefix``, except lines inside multi-line strings (indenting them
     would change the strings) and empty lines. Raises LessonFormatError when ``body`` cannot
     be tokenized."""
-    keep = set()
+    keep: set[int] = set()
     try:
         for token in tokenize.generate_tokens(io.StringIO(body + "\n").readline):
             if token.type == tokenize.STRING and token.end[0] > token.start[0]:

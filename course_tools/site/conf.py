@@ -11,8 +11,8 @@ extensions = ["myst_nb"]
 nb_execution_mode = "off"  # the lessons were executed by papermill already
 nb_execution_raise_on_error = False
 nb_merge_streams = True
-nb_ipywidgets_js = {}  # would load require.js and the widget manager from a CDN
-myst_enable_extensions = []  # no dollarmath: math would need MathJax from a CDN
+nb_ipywidgets_js: dict = {}  # would load require.js and the widget manager from a CDN
+myst_enable_extensions: list[str] = []  # no dollarmath: math would need MathJax from a CDN
 
 # Known quirks of the lessons' own content, not errors of the site: lessons whose headings
 # skip a level, outputs with a mime type Sphinx cannot render (widgets, e.g. progress bars),
@@ -25,7 +25,7 @@ suppress_warnings = [
 
 exclude_patterns = ["_build", "**.ipynb_checkpoints", ".*"]
 master_doc = root_doc = "index"
-templates_path = []
+templates_path: list[str] = []
 html_theme = "sphinx_book_theme"
 html_title = project
 html_static_path = ["_static"]
