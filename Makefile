@@ -1,5 +1,5 @@
 # The course's commands. Each creates .venv from requirements.lock on first use.
-#   make course [PROFILE=full|smoke] [LESSONS="00 01"]   execute the lessons, build the site
+#   make course [PROFILE=full|smoke] [LESSONS="00 01"]   student edition, execute the lessons, build the site
 #   make test                                            the whole test suite (what CI runs)
 #   make test-fast                                       unit tests only, under 2 minutes
 #   make test-colab [PYTHON313=...] [LESSONS="02 10"]   every lesson on Colab's own versions
@@ -31,12 +31,15 @@ $(STAMP): requirements.lock pyproject.toml
 	@touch $(STAMP)
 
 course: $(STAMP)
+	$(PY) -m course_tools student
 	$(PY) -m course_tools course --profile $(PROFILE) $(if $(LESSONS),--lessons $(LESSONS),)
 
-# Debian's chromium for the site's browser test (tests/test_site_browser.py): installed with
-# apt-get when missing (sudo when not root). COURSE_SKIP_BROWSER=1 skips the install and the test.
+# Debian's chromium for the site's browser test (tests/test_site_browser.py) and bubblewrap,
+# the sandbox of every graded kernel (docs/instructors.md): installed with apt-get when missing
+# (sudo when not root). COURSE_SKIP_BROWSER=1 skips chromium and the browser test.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 browser:
+	@command -v bwrap >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; }
 	@if [ "$$COURSE_SKIP_BROWSER" = 1 ]; then echo "COURSE_SKIP_BROWSER=1: no chromium, the browser test is skipped"; \
 	else command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }; fi
 

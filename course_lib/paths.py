@@ -26,6 +26,7 @@ Files are written with :func:`write_text_atomic`, so that no reader ever sees ha
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -68,6 +69,8 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "GRADER_ALLOW_WRITE": ("the grader", "further folders a graded kernel may write to"),
     "GRADER_DENY_READ": ("the grader", "files and folders a graded kernel may not read"),
     "GRADER_LOG": ("the grader", "where the guard logs what it refused"),
+    "GRADER_ISOLATION": ("the instructor", "'bubblewrap' (the default) or 'none' (no sandbox, "
+                         "trusted submissions only) for grade's kernels"),
 }
 
 
@@ -158,23 +161,43 @@ def lesson_build_dir(lesson: str, *, root: str | os.PathLike | None = None) -> P
     return folder
 
 
+def _umask() -> int:
+    """This process's umask, read without changing it (``os.umask`` would, for a moment, in
+    every thread): Linux's /proc/self/status, else the usual 0o022."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically and return the path.
 
     The text goes to a new temporary file in the same folder (created with the parents it
     needs), which then replaces ``path`` in one ``os.replace``: a reader sees the old file or
     the new one, never a part, and a failure (disk full, an interrupt) leaves ``path`` as it
-    was and no temporary file behind.
+    was and no temporary file behind. The file keeps its permissions, or gets those ``open``
+    would give a new one (0666 less the umask), so that other users (a sandboxed grading
+    kernel) read it as before.
 
     Raises:
         OSError: the folder cannot be created or written (the original file is unchanged).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # the file keeps its mode; a new one gets open()'s (mkstemp's own is 0600)
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

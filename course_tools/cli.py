@@ -54,7 +54,8 @@ def _grade(args: argparse.Namespace) -> int:
     options = Options(cell_timeout=args.cell_timeout, notebook_timeout=args.notebook_timeout,
                       lesson_cell_timeout=args.lesson_cell_timeout,
                       jobs=args.jobs, keep_temp=args.keep_temp,
-                      profile=args.profile or os.environ.get("COURSE_PROFILE", "full"))
+                      profile=args.profile or os.environ.get("COURSE_PROFILE", "full"),
+                      isolation=args.isolation, assignment=args.assignment)
 
     def _terminate(signum, frame):
         raise KeyboardInterrupt
@@ -150,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--profile", choices=runtime.PROFILES,
                        help="COURSE_PROFILE for the notebooks (default: $COURSE_PROFILE, "
                             "else full)")
+    grade.add_argument("--isolation", choices=("bubblewrap", "none"),
+                       help="the students' kernels' sandbox (default: $GRADER_ISOLATION, else "
+                            "bubblewrap, which must be installed); none: no sandbox, for "
+                            "trusted submissions only (docs/instructors.md)")
+    grade.add_argument("--assignment", metavar="assignment.json",
+                       help="the assignment.json assign wrote (the parameters each student "
+                            "was given): a roster edited since assign is then reported to you, "
+                            "not blamed on the student")
     grade.add_argument("--keep-temp", action="store_true",
                        help="keep the per-notebook working folders (for debugging)")
     grade.set_defaults(func=_grade)

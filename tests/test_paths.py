@@ -87,3 +87,13 @@ def test_outside_a_checkout_a_lesson_gets_a_temporary_folder(tmp_path, monkeypat
     folder.rmdir()
     with pytest.raises(ValueError, match="short id"):
         paths.lesson_build_dir("../10")
+
+
+def test_a_new_file_gets_the_umask_mode_and_a_replaced_one_keeps_its_own(tmp_path):
+    new = paths.write_text_atomic(tmp_path / "MANIFEST.json", "{}")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert new.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    new.chmod(0o640)
+    paths.write_text_atomic(new, "{ }")
+    assert new.stat().st_mode & 0o777 == 0o640

@@ -1,2 +1,3 @@
-"""Releases (``assign``) and autograding (``grade``): ``release``, ``autograde`` and the
-sandboxed ``worker`` with its ``guard``."""
+"""Releases (``assign``) and autograding (``grade``): ``release``, ``autograde``, the
+per-notebook ``worker`` with its ``sandbox`` (bubblewrap), its in-kernel ``kernel_probe`` and
+its audit-hook ``guard``."""

@@ -12,10 +12,17 @@ For every student of the roster and every lesson:
    cells (matched by nbgrader ``grade_id``, else by cell id), with the roster's parameters
    injected again by papermill. Nothing else of the submission is run;
 4. execute it in a separate process (:mod:`course_tools.grading.worker`, nbgrader's ``Execute``)
-   with a fresh kernel whose working folder and ``HOME`` are a new temporary folder, a time
-   limit per cell (the cell is interrupted) and per notebook (the process and the kernel are
-   killed; the cells that ran are still graded), and a write guard
-   (:mod:`course_tools.grading.guard`);
+   with a fresh kernel in the sandbox of :mod:`course_tools.grading.sandbox` (bubblewrap: no
+   network, own PID namespace, lesson sources, submissions and grades hidden, resource
+   limits; ``grade`` refuses to run without it unless ``isolation="none"`` /
+   ``GRADER_ISOLATION=none`` is chosen), whose working folder and ``HOME`` are a new
+   temporary folder, a time limit per cell (the cell is interrupted; a cell that cannot be
+   interrupted restarts the kernel and the cells before it run again) and per notebook (the
+   process and the kernel are killed; the cells that ran are still graded), a write guard
+   (:mod:`course_tools.grading.guard`) and the tests-cell probe
+   (:mod:`course_tools.grading.kernel_probe`: hooks, built-ins and library functions reset
+   before each tests cell, signed proof that the tests ran to their end, hidden tests kept
+   out of the kernel's history);
 5. score each question: the points of its tests cell if that cell ran without an error
    (nbgrader's ``determine_grade``, so a tests cell whose last value is a number gives partial
    credit), else 0 with the reason. A failing hidden test is reported without its text.
@@ -23,20 +30,25 @@ For every student of the roster and every lesson:
 Outputs in ``OUT``: ``grades.csv`` (one row per student: a column per question ``NN_exK``, the
 lesson totals ``NN_total``, ``total``, ``max``, ``status``, ``reason``, ``seconds``),
 ``feedback/ID.md`` (for the student: which tests passed or failed and why; no hidden test
-text) and ``graded/ID/NN_name.ipynb`` (the executed gradeable notebooks, with the hidden
-tests: for the instructor only).
+text; every reason and note passes the releases' leak filter, :func:`withhold`) and
+``graded/ID/NN_name.ipynb`` (the executed gradeable notebooks, with the hidden tests: for the
+instructor only). ``OUT`` must be new or empty; it is written as a temporary sibling folder
+renamed at the end.
 """
 
 from __future__ import annotations
 
+import ast
 import copy
 import csv
+import enum
+import errno
 import io
 import json
 import os
 import re
 import shutil
-import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -45,18 +57,23 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nbformat
+import psutil
 
 from course_lib import paths
+from course_lib.workers import stop_process_tree
 from course_tools.grading import release as grading
+from course_tools.grading import sandbox as sandbox_tools
 from course_tools.grading.release import GradingError, Lesson, Student
+from course_tools.grading.sandbox import Isolation, Limits
+from course_tools.runner import find_lessons
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 TRACE_LINE = re.compile(r"Cell In\[(\d+)\], line (\d+)")
 SECRET_ENV = re.compile(r"TOKEN|SECRET|PASSW|CREDENTIAL|API_?KEY|ACCESS_KEY|SSH_AUTH|_AUTH$",
                         re.IGNORECASE)
-STATUS_ORDER = ("missing", "unreadable", "timeout", "crashed", "error", "tampered")
 MAX_SUBMISSION_BYTES = 50 * 2**20
 
 
@@ -75,6 +92,39 @@ class Options:
     profile: str = "full"
     keep_temp: bool = False
     startup_timeout: int = 120
+    isolation: Isolation | str | None = None
+    limits: Limits = field(default_factory=Limits)
+    assignment: str | os.PathLike | None = None
+
+
+class Status(enum.StrEnum):
+    """A lesson's grading status (``grades.csv``'s ``status`` joins the problems in this
+    order; ``ok`` when there is none)."""
+
+    OK = "ok"
+    MISSING = "missing"
+    UNREADABLE = "unreadable"
+    WRONG_LESSON = "wrong lesson"
+    TIMEOUT = "timeout"
+    CRASHED = "crashed"
+    ERROR = "error"
+    TAMPERED = "tampered"
+
+
+class State(enum.StrEnum):
+    """How the execution of a gradeable notebook ended (:class:`Execution`)."""
+
+    COMPLETED = "completed"
+    TIMEOUT = "timeout"
+    KERNEL_DIED = "kernel_died"
+    STUCK = "stuck"
+    ERROR = "error"
+    NO_RESULT = "no_result"
+
+
+STATUS_FOR_STATE = {State.TIMEOUT: Status.TIMEOUT, State.STUCK: Status.TIMEOUT,
+                    State.KERNEL_DIED: Status.CRASHED, State.ERROR: Status.CRASHED,
+                    State.NO_RESULT: Status.CRASHED}
 
 
 @dataclass
@@ -91,17 +141,19 @@ class QuestionScore:
 
 @dataclass
 class LessonGrade:
-    """The grade of one lesson for one student. ``status``: ok, missing, unreadable,
-    timeout (notebook time limit), crashed (kernel died / process failed), error (grader)."""
+    """The grade of one lesson for one student. ``status`` (:class:`Status`): ok, missing,
+    unreadable, wrong lesson, timeout (notebook time limit), crashed (kernel died / process
+    failed), error (grader); tampering is listed in ``tampering``."""
 
     lesson: str
     file: str
-    status: str = "ok"
+    status: Status = Status.OK
     reason: str = ""
     tampering: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     questions: list = field(default_factory=list)
     seconds: float = 0.0
+    instructor_notes: list = field(default_factory=list)
 
     @property
     def total(self) -> float:
@@ -134,10 +186,10 @@ class StudentGrade:
     @property
     def status(self) -> str:
         """``ok`` or the problems found, e.g. ``timeout,tampered``."""
-        found = {g.status for g in self.lessons} | ({"tampered"} if any(
+        found = {g.status for g in self.lessons} | ({Status.TAMPERED} if any(
             g.tampering for g in self.lessons) else set())
-        problems = [s for s in STATUS_ORDER if s in found]
-        return ",".join(problems) or "ok"
+        problems = [s.value for s in Status if s in found and s is not Status.OK]
+        return ",".join(problems) or Status.OK.value
 
     @property
     def reason(self) -> str:
@@ -146,8 +198,9 @@ class StudentGrade:
         parts = []
         for g in self.lessons:
             bits = ([g.reason] if g.reason else []) + (
-                [f"tampering: {'; '.join(g.tampering)}"] if g.tampering else [])
-            if g.status in ("ok", "timeout", "crashed"):
+                [f"tampering: {'; '.join(g.tampering)}"] if g.tampering else []) + (
+                [f"instructor: {'; '.join(g.instructor_notes)}"] if g.instructor_notes else [])
+            if g.status in (Status.OK, Status.TIMEOUT, Status.CRASHED):
                 bits += [f"{q.key}: {q.reason.split('; ')[0]}" for q in g.questions
                          if not q.passed and not q.reason.startswith("not run")]
             if bits:
@@ -164,18 +217,81 @@ def _norm(source) -> str:
     return "\n".join(line.rstrip() for line in source.strip().splitlines())
 
 
+class SubmissionError(ValueError):
+    """A submission that is not a regular file of its own inside the submissions folder."""
+
+
+def _no_follow_dir(parent_fd: int | None, name: str) -> int:
+    return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
+
+
 def find_submission(submissions: Path, student_id: str, lesson: Lesson) -> Path | None:
-    """``submissions/ID/NN_name.ipynb``, else the one file ``submissions/ID/NN*.ipynb``
-    (a renamed copy); None when there is none. Raises nothing."""
+    """``submissions/ID/NN_name.ipynb``, else the one entry ``submissions/ID/NN*.ipynb``
+    (a renamed copy); None when there is none. Symlinks count as entries (so that
+    :func:`read_submission` refuses them rather than another file being graded). Raises
+    nothing."""
     folder = submissions / student_id
-    exact = folder / lesson.name
-    if exact.is_file():
-        return exact
-    candidates = sorted(folder.glob(f"{lesson.number}*.ipynb")) if folder.is_dir() else []
-    return candidates[0] if len(candidates) == 1 else None
+    try:
+        if folder.is_symlink() or not folder.is_dir():
+            return None
+        names = sorted(entry.name for entry in os.scandir(folder)
+                       if entry.name.endswith(".ipynb"))
+    except OSError:
+        return None
+    if lesson.name in names:
+        return folder / lesson.name
+    candidates = [n for n in names if n.startswith(lesson.number)]
+    return folder / candidates[0] if len(candidates) == 1 else None
 
 
-def _describe_cell(grade_id: str) -> str:
+def read_submission(submissions: Path, path: Path, limit: int = MAX_SUBMISSION_BYTES) -> str:
+    """The text of the submission ``path`` (``submissions/ID/NAME``), read only as a regular
+    file with a single link, through folders that are not symlinks (``O_NOFOLLOW`` at every
+    step, ``fstat`` on the open file), at most ``limit`` bytes.
+
+    Raises:
+        SubmissionError: a symlink, hard link, device, FIFO or folder; larger than ``limit``;
+            not UTF-8. The message says what to hand in instead.
+    """
+    relative = path.relative_to(submissions)
+    if len(relative.parts) != 2:
+        raise SubmissionError("not directly in the student's folder")
+    fds = []
+    try:
+        try:
+            fds.append(os.open(submissions, os.O_RDONLY | os.O_DIRECTORY))
+            fds.append(_no_follow_dir(fds[-1], relative.parts[0]))
+            fd = os.open(relative.parts[1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK,
+                         dir_fd=fds[-1])
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise SubmissionError("a symbolic link, not a notebook file; hand in the "
+                                      "notebook itself") from None
+            raise SubmissionError(f"cannot be opened ({exc.strerror})") from None
+        fds.append(fd)
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SubmissionError("not a regular file; hand in the notebook itself")
+        if info.st_nlink != 1:
+            raise SubmissionError("a hard link to another file; hand in a copy of the "
+                                  "notebook")
+        if info.st_size > limit:
+            raise SubmissionError(f"larger than {limit // 2**20} MB; clear the outputs "
+                                  "before handing it in")
+        data = os.read(fd, limit + 1)
+        if len(data) > limit:
+            raise SubmissionError(f"larger than {limit // 2**20} MB; clear the outputs "
+                                  "before handing it in")
+    finally:
+        for fd in reversed(fds):
+            os.close(fd)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SubmissionError("not UTF-8 text") from None
+
+
+def _describe_cell(grade_id: str | None) -> str:
     if grade_id == grading.PARAMETERS_ID:
         return "the parameters cell"
     if grade_id == grading.INJECTED_ID:
@@ -194,10 +310,14 @@ def check_submission(release, submission) -> tuple[list[str], list[str], dict]:
     cells deleted or duplicated, recorded parameters changed), notes (edits and additions
     that are ignored because the instructor's cells are run) and the student's answer per
     solution ``grade_id`` (None when the answer cell is missing). Cells are matched by nbgrader
-    ``grade_id``, else by cell id. Raises nothing.
+    ``grade_id``, else by cell id, else (notebooks written without cell ids, or ids changed by
+    another editor) by their content: a lesson cell found unchanged anywhere is not deleted.
+    Raises nothing.
     """
     tampering, notes, answers = [], [], {}
-    by_grade, by_id, duplicates = {}, {}, set()
+    by_grade: dict = {}
+    by_id: dict = {}
+    duplicates: set = set()
     for cell in submission.cells:
         gid = grading._grade_id(cell)
         if gid:
@@ -208,14 +328,28 @@ def check_submission(release, submission) -> tuple[list[str], list[str], dict]:
             by_id.setdefault(cell["id"], cell)
     for gid in sorted(duplicates):
         tampering.append(f"duplicated {_describe_cell(gid)}")
+    by_content: dict = {}
+    for cell in submission.cells:
+        if not grading._grade_id(cell):
+            by_content.setdefault((cell.get("cell_type"), _norm(cell.source)), []).append(cell)
     matched, deleted, edited = set(), 0, 0
+
+    def take_by_content(cell):
+        for found in by_content.get((cell.cell_type, _norm(cell.source)), []):
+            if id(found) not in matched:
+                return found
+        return None
+
     for cell in release.cells:
         gid = grading._grade_id(cell)
         found = by_grade.get(gid) if gid else None
         if found is None and cell.get("id"):
             found = by_id.get(cell["id"])
-            if found is not None and gid and grading._grade_id(found) not in (None, gid):
-                found = None  # that id now belongs to another graded cell
+            if found is not None and (id(found) in matched or (
+                    gid and grading._grade_id(found) not in (None, gid))):
+                found = None  # that id now belongs to another cell
+        if found is None and not gid:
+            found = take_by_content(cell)
         if found is not None:
             matched.add(id(found))
         meta = cell.metadata.get("nbgrader", {})
@@ -248,6 +382,29 @@ def check_submission(release, submission) -> tuple[list[str], list[str], dict]:
     return tampering, notes, answers
 
 
+def other_lesson(submission, lesson: Lesson, lessons) -> str | None:
+    """The file name of another lesson that ``submission`` is a copy of (recorded by papermill
+    in its metadata, else most of that lesson's code cells and few of ``lesson``'s found in
+    it), or None. ``lessons``: the course's lessons (:class:`Lesson`). Raises nothing."""
+    recorded = submission.metadata.get("papermill", {}).get("input_path")
+    names = {other.name for other in lessons}
+    if isinstance(recorded, str) and recorded != lesson.name and recorded in names:
+        return recorded
+    sources = {_norm(c.source) for c in submission.cells if _norm(c.source)}
+
+    def share(nb) -> float:
+        code = [_norm(c.source) for c in nb.cells
+                if c.cell_type == "code" and _norm(c.source)
+                and not c.metadata.get("nbgrader", {}).get("solution")]
+        return sum(1 for c in code if c in sources) / max(1, len(code))
+
+    if share(lesson.nb) >= 0.2:
+        return None
+    best = max((other for other in lessons if other.name != lesson.name), key=lambda o: share(
+        o.nb), default=None)
+    return best.name if best is not None and share(best.nb) >= 0.5 else None
+
+
 def build_gradeable(lesson: Lesson, answers: dict, parameters: dict, *, release=None,
                     student_id: str = ""):
     """The notebook that is executed: the instructor's lesson (all tests, hidden ones
@@ -274,66 +431,70 @@ def build_gradeable(lesson: Lesson, answers: dict, parameters: dict, *, release=
                                      student_id=student_id)
 
 
+def answer_names(lesson: Lesson) -> dict:
+    """Per solution ``grade_id``, the names the instructor's answer cell assigns at its top
+    level (assignments, definitions, imports): an answer may rebind those; any other lesson
+    variable it changes is put back before the tests run. Raises nothing."""
+    found = {}
+    for cell in lesson.nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if not meta.get("solution"):
+            continue
+        names = set()
+        try:
+            tree = ast.parse(cell.source)
+        except (SyntaxError, ValueError):
+            tree = None
+        for node in ast.walk(tree) if tree is not None else []:
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+            elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                names.add(node.name)
+            elif isinstance(node, ast.alias):
+                names.add((node.asname or node.name).split(".")[0])
+        found[meta["grade_id"]] = sorted(names)
+    return found
+
+
 # --------------------------------------------------------------------------- execution
 
 
 @dataclass
 class Execution:
-    """What happened when a gradeable notebook ran: ``state`` completed, timeout,
-    kernel_died, stuck, error or no_result; ``cell`` is the index of the last cell started."""
+    """What happened when a gradeable notebook ran: ``state`` (:class:`State`); ``cell`` is
+    the index of the last cell started."""
 
-    nb: object
-    state: str
+    nb: Any
+    state: State
     message: str
     cell: int | None
     seconds: float
     refused: list
+    probe_loaded: bool = True
 
 
 def _kill_tree(pid: int) -> None:
-    try:
-        import psutil
-
-        try:
-            parent = psutil.Process(pid)
-            procs = parent.children(recursive=True) + [parent]
-        except psutil.NoSuchProcess:
-            procs = []
-        for proc in procs:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(procs, timeout=10)
-    except ImportError:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    """Kill ``pid`` and everything it started at once (no grace: a grading job has nothing to
+    save)."""
+    stop_process_tree(pid, grace=0)
 
 
 def _kill_kernel(pid) -> None:
-    """Kill the kernel's process group (the kernel starts its own session) if still alive."""
+    """Kill the kernel's process tree if that pid is still an ipykernel (not a reused pid)."""
     if not pid:
         return
     try:
-        import psutil
-
-        proc = psutil.Process(pid)
-        if "ipykernel" not in " ".join(proc.cmdline()):
+        if "ipykernel" not in " ".join(psutil.Process(int(pid)).cmdline()):
             return  # the pid was reused by something else
-        pgid = os.getpgid(pid)
-        if pgid == pid:
-            os.killpg(pgid, signal.SIGKILL)
-        else:
-            _kill_tree(pid)
-    except Exception:  # noqa: BLE001 - gone already, or not ours
-        pass
+    except (psutil.Error, ValueError, TypeError, OverflowError):
+        return  # gone already, or not a pid
+    _kill_tree(int(pid))
 
 
 _LIVE: set = set()  # worker processes running now (killed if grading is interrupted)
 _LIVE_LOCK = threading.Lock()
 _STOP = threading.Event()  # set when grading is interrupted: start no new worker
+_IPC_DIRS: set = set()  # socket folders outside the temporary root (short paths)
 
 
 def _kill_live() -> None:
@@ -390,24 +551,70 @@ def _kernel_env(sandbox: Path, hook_dir: Path, log: Path, deny_read: list, profi
     return env
 
 
+def _read_untrusted(path: Path, limit: int) -> str:
+    """At most ``limit`` bytes of ``path`` as text, only if it is a regular file with one link
+    (the kernel can write it: a symlink or hard link to another file reads as empty). Raises
+    nothing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return ""
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            return ""
+        return os.read(fd, limit).decode("utf-8", "replace")
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+
+
 def execute_gradeable(nb, job_dir: Path, *, options: Options, hook_dir: Path,
-                      deny_read: list) -> Execution:
+                      deny_read: list, isolation: Isolation = Isolation.NONE, hidden=(),
+                      visible=(), keep=None) -> Execution:
     """Run ``nb`` in a worker subprocess inside ``job_dir`` (its working folder and HOME are
     ``job_dir/work``) under the time limits of ``options``; never raises for what the notebook
-    does. The worker process and the kernel's process group are killed at the notebook time
-    limit (and any kernel left behind is killed at the end).
+    does. With ``isolation`` bubblewrap the kernel runs in the sandbox of
+    :mod:`course_tools.grading.sandbox` (``hidden``/``visible``: the folders it hides and
+    shows again; ``options.limits``), so it can write only ``work/``, its socket folder and
+    the guard's log, none of which the grader trusts: the grader reads only what the worker
+    (outside the sandbox) wrote. ``keep``: per answer ``grade_id``, the names the answer cell
+    may assign (:func:`answer_names`). The worker process and the kernel's process tree are
+    killed at the notebook time limit (and any kernel left behind is killed at the end).
 
     Raises:
         OSError: ``job_dir`` cannot be written (a grader problem, not the student's).
     """
+    job_dir.chmod(0o711)  # the sandbox's user must reach its bound folders, list nothing
     sandbox = job_dir / "work"
     sandbox.mkdir(parents=True)
-    log = job_dir / "refused.log"
+    log_dir = job_dir / "log"
+    log_dir.mkdir()
+    log = log_dir / "refused.log"
+    ipc = job_dir / "ipc"
+    if len(str(ipc)) > 60:  # Unix socket paths are limited to 107 bytes
+        ipc = Path(tempfile.mkdtemp(prefix="cgk-", dir="/tmp"))
+        ipc.chmod(0o711)
+        with _LIVE_LOCK:
+            _IPC_DIRS.add(ipc)  # removed at the end of grade() if the job could not
+    else:
+        ipc.mkdir()
     env = _kernel_env(sandbox, hook_dir, log, deny_read, options.profile)
-    (job_dir / "job.json").write_text(json.dumps({
+    env["GRADER_ALLOW_WRITE"] += os.pathsep + str(ipc)  # its sockets and connection file
+    kernel_argv = None
+    if isolation is Isolation.BUBBLEWRAP:
+        kernel_argv = sandbox_tools.kernel_command(
+            sys.executable, work=sandbox, ipc=ipc, log_dir=log_dir, hook_dir=hook_dir,
+            hidden=hidden, visible=visible, limits=options.limits)
+        sandbox_tools.give_to_kernel(sandbox, ipc, log_dir)
+    _write_text(job_dir / "job.json", json.dumps({
         "cwd": str(sandbox), "cell_timeout": options.cell_timeout,
         "lesson_cell_timeout": max(options.lesson_cell_timeout, options.cell_timeout),
-        "startup_timeout": options.startup_timeout, "env": env}), encoding="utf-8")
+        "startup_timeout": options.startup_timeout, "env": env, "ipc_dir": str(ipc),
+        "kernel_argv": kernel_argv,
+        "kernel_uid": sandbox_tools.kernel_uid() if kernel_argv else None,
+        "keep": keep or {}}))
     nbformat.write(nb, job_dir / "input.ipynb")
     worker_env = {k: v for k, v in os.environ.items() if not k.startswith("GRADER_")}
     if _STOP.is_set():
@@ -436,28 +643,34 @@ def execute_gradeable(nb, job_dir: Path, *, options: Options, hook_dir: Path,
     except (OSError, ValueError):
         status = {}
     _kill_kernel(status.get("kernel_pid"))
+    if ipc.parent != job_dir:
+        shutil.rmtree(ipc, ignore_errors=True)
+        with _LIVE_LOCK:
+            _IPC_DIRS.discard(ipc)
     try:
         executed = nbformat.read(job_dir / "executed.ipynb", as_version=4)
     except Exception:  # noqa: BLE001 - killed before the first cell finished, or garbled
         executed = None
     if timed_out:
-        state = "timeout"
+        state = State.TIMEOUT
         message = f"the notebook went over its time limit of {options.notebook_timeout} s"
-    elif status.get("state") in ("completed", "kernel_died", "stuck", "error"):
-        state, message = status["state"], status.get("message", "")
+    elif status.get("state") in (State.COMPLETED, State.KERNEL_DIED, State.STUCK, State.ERROR):
+        state, message = State(status["state"]), str(status.get("message", ""))
     else:
-        state = "no_result"
+        state = State.NO_RESULT
         tail = (job_dir / "worker.log").read_text(errors="replace").strip().splitlines()[-3:]
         message = f"the grading process stopped (exit {proc.returncode}): {' '.join(tail)}"
     refused = []
-    if log.is_file():
-        for line in log.read_text(errors="replace").splitlines():
-            kind, _, path = line.partition("\t")
-            entry = f"tried to {kind} {path}"
-            if entry not in refused:
-                refused.append(entry)
+    for line in _read_untrusted(log, 64 * 1024).splitlines():
+        kind, _, path = line.partition("\t")
+        if kind not in ("read", "write"):
+            continue
+        entry = f"tried to {kind} {_short(path, 200)}"
+        if entry not in refused:
+            refused.append(entry)
     return Execution(nb=executed, state=state, message=message, cell=status.get("cell"),
-                     seconds=seconds, refused=refused)
+                     seconds=seconds, refused=refused,
+                     probe_loaded=status.get("probe_loaded") is not False)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -487,7 +700,7 @@ def _errors(cell) -> list:
 def _test_failure(cell, instructor_source: str, cell_timeout: int) -> str:
     """Why a tests cell failed, without revealing hidden test text."""
     error = _errors(cell)[-1]
-    ename, evalue = error.get("ename", "Error"), error.get("evalue", "")
+    ename, evalue = _cut_name(error.get("ename")), str(error.get("evalue", ""))
     if any(e.get("ename") == "CellTimeoutError" for e in _errors(cell)):
         return f"the tests went over the cell time limit of {cell_timeout} s"
     count = cell.get("execution_count")
@@ -509,6 +722,17 @@ def _test_failure(cell, instructor_source: str, cell_timeout: int) -> str:
     return f"test `{text}` raised {ename}" + (f": {_short(evalue)}" if evalue else "")
 
 
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
+
+
+def _cut_name(ename) -> str:
+    """An exception's type name as shown to a student: the last dotted part, a Python
+    identifier of at most 40 characters, else "an error" (the name is the student's text)."""
+    last = str(ename or "").rsplit(".", 1)[-1]
+    match = IDENTIFIER.fullmatch(last)
+    return match.group(0) if match else "an error"
+
+
 def _answer_problem(cell, stub: str, cell_timeout: int) -> str:
     if cell is None:
         return ""
@@ -520,7 +744,7 @@ def _answer_problem(cell, stub: str, cell_timeout: int) -> str:
     if errors:
         error = errors[0]
         evalue = error.get("evalue", "")
-        return f"your answer raised {error.get('ename', 'an error')}" + (
+        return f"your answer raised {_cut_name(error.get('ename'))}" + (
             f": {_short(evalue, 120)}" if evalue else "")
     return ""
 
@@ -561,15 +785,16 @@ def score(lesson: Lesson, execution: Execution, *, stubs: dict, options: Options
                                          "not answered"))
             continue
         tests, answer = cells.get(ex.tests_id), cells.get(ex.solution_id)
-        instructor = lesson.cell(ex.tests_id).source
+        instructor_cell = lesson.cell(ex.tests_id)
+        instructor = instructor_cell.source if instructor_cell is not None else ""
         ran = tests is not None and (tests.get("execution_count") is not None or tests.outputs)
         answer_note = _answer_problem(answer, stubs.get(ex.solution_id, ""),
                                       options.cell_timeout)
         if not ran:
             where = _cell_label(nb, execution.cell)
-            why = {"timeout": f"{execution.message} (while running {where})",
-                   "kernel_died": f"{execution.message} (while running {where})",
-                   "stuck": f"{execution.message} ({where})"}.get(
+            why = {State.TIMEOUT: f"{execution.message} (while running {where})",
+                   State.KERNEL_DIED: f"{execution.message} (while running {where})",
+                   State.STUCK: f"{execution.message} ({where})"}.get(
                 execution.state, execution.message or "the tests did not run")
             reason = f"not run: {why}"
             if answer_note:
@@ -580,6 +805,12 @@ def score(lesson: Lesson, execution: Execution, *, stubs: dict, options: Options
             reason = _test_failure(tests, instructor, options.cell_timeout)
             if answer_note:
                 reason = f"{answer_note}; {reason}"
+            results.append(QuestionScore(ex.key, ex.title, 0.0, ex.points, False, reason))
+            continue
+        proof = tests.metadata.get("grading", {}) if tests is not None else {}
+        if tests is None or not (proof.get("checked") and proof.get("completed")):
+            reason = ("the tests could not prove that they ran to their end (the grader's "
+                      "checks before or after them were disarmed)")
             results.append(QuestionScore(ex.key, ex.title, 0.0, ex.points, False, reason))
             continue
         graded = copy.deepcopy(tests)
@@ -606,9 +837,71 @@ def _zero(lesson: Lesson, reason: str) -> list:
             for ex in lesson.exercises]
 
 
+@dataclass
+class Context:
+    """What every notebook of one ``grade`` run shares: the temporary folders, the write
+    guard, the isolation and the folders the sandbox hides and shows, the course's lessons
+    (to recognise a wrong lesson) and the parameters ``assign`` recorded (``assignment.json``,
+    or None)."""
+
+    temp_root: Path
+    hook_dir: Path
+    deny_read: list
+    isolation: Isolation = Isolation.NONE
+    hidden: list = field(default_factory=list)
+    visible: list = field(default_factory=list)
+    lessons: list = field(default_factory=list)
+    assignment: dict | None = None
+
+
+def _read_notebook(text: str):
+    submission = nbformat.reads(text, as_version=4)
+    if not isinstance(submission.get("cells"), list) or not all(
+            isinstance(c, dict) and isinstance(c.get("source"), str | list)
+            for c in submission.cells):
+        raise ValueError("no list of cells with sources")
+    for cell in submission.cells:
+        if not isinstance(cell.get("metadata"), dict):
+            cell["metadata"] = nbformat.NotebookNode()
+        if isinstance(cell.source, list):
+            cell["source"] = "".join(str(x) for x in cell.source)
+        cell.setdefault("cell_type", "code")
+    if not isinstance(submission.get("metadata"), dict):
+        submission["metadata"] = nbformat.NotebookNode()
+    return submission
+
+
+def _given_parameters(student: Student, lesson: Lesson, submission, release, context) -> tuple:
+    """``(parameters the student was given, note for the instructor or "")``. The roster's
+    parameters are the ones graded; when ``assign`` recorded others (``assignment.json``), or
+    the submission's recorded and injected parameters agree on others, the release compared
+    with is built from those, so an edited roster is not blamed on the student."""
+    roster = grading.student_parameters(student, lesson)
+    given = None
+    if context.assignment is not None:
+        given = context.assignment.get("students", {}).get(student.id, {}).get(
+            "parameters", {}).get(lesson.number)
+    if given is None:
+        recorded = submission.metadata.get("papermill", {}).get("parameters")
+        injected = [c for c in submission.cells if grading._grade_id(c) == grading.INJECTED_ID]
+        if isinstance(recorded, dict) and recorded != roster and injected:
+            try:
+                values = {name: value for name, (value, _) in grading._parse_parameters(
+                    injected[0].source, lesson.name).items()}
+            except GradingError:
+                values = None
+            if values == dict(recorded):
+                given = values  # in the order of the injected cell, as assign wrote it
+    if given is None or given == roster:
+        return release, ""
+    note = (f"the parameters in {student.id}'s notebook ({given}) differ from the roster's "
+            f"({roster}): the roster was edited since assign, or the student changed them; "
+            "graded with the roster's")
+    return grading.make_release(lesson, given, student_id=student.id), note
+
+
 def grade_notebook(lesson: Lesson, student: Student, submissions: Path, out: Path, *,
-                   options: Options, temp_root: Path, hook_dir: Path,
-                   deny_read: list) -> LessonGrade:
+                   options: Options, context: Context) -> LessonGrade:
     """Grade one student's copy of one lesson (steps 1-5 of the module docstring) and write
     the executed notebook to ``out/graded/ID/NN_name.ipynb``. Never raises: a problem with the
     submission or with grading it becomes the grade's status and reason."""
@@ -617,34 +910,32 @@ def grade_notebook(lesson: Lesson, student: Student, submissions: Path, out: Pat
     try:
         path = find_submission(submissions, student.id, lesson)
         if path is None:
-            result.status = "missing"
+            result.status = Status.MISSING
             result.reason = f"no submission {student.id}/{lesson.name}"
             result.questions = _zero(lesson, "no submission")
             return result
         if path.name != lesson.name:
             result.notes.append(f"graded {path.name} (expected the name {lesson.name})")
         try:
-            if path.stat().st_size > MAX_SUBMISSION_BYTES:
-                raise ValueError(f"larger than {MAX_SUBMISSION_BYTES // 2**20} MB; clear the "
-                                 "outputs before handing it in")
-            submission = nbformat.read(path, as_version=4)
-            if not isinstance(submission.get("cells"), list) or not all(
-                    isinstance(c, dict) and isinstance(c.get("source"), str | list)
-                    for c in submission.cells):
-                raise ValueError("no list of cells with sources")
-            for cell in submission.cells:
-                if not isinstance(cell.get("metadata"), dict):
-                    cell["metadata"] = nbformat.NotebookNode()
-            if not isinstance(submission.get("metadata"), dict):
-                submission["metadata"] = nbformat.NotebookNode()
+            submission = _read_notebook(read_submission(submissions, path))
         except Exception as exc:  # noqa: BLE001 - anything unreadable is reported alike
-            result.status = "unreadable"
-            result.reason = f"{path.name} is not a readable notebook ({_short(exc, 100)})"
+            result.status = Status.UNREADABLE
+            result.reason = f"{path.name} is not a readable notebook ({_short(str(exc), 100)})"
             result.questions = _zero(lesson, "the submission could not be read")
+            return result
+        other = other_lesson(submission, lesson, context.lessons)
+        if other is not None:
+            result.status = Status.WRONG_LESSON
+            result.reason = f"{path.name} is a copy of {other}, not of {lesson.name}"
+            result.questions = _zero(lesson, "wrong lesson handed in")
             return result
         parameters = grading.student_parameters(student, lesson)
         release = grading.make_release(lesson, parameters, student_id=student.id)
-        result.tampering, notes, answers = check_submission(release, submission)
+        compared, instructor_note = _given_parameters(student, lesson, submission, release,
+                                                      context)
+        if instructor_note:
+            result.instructor_notes.append(instructor_note)
+        result.tampering, notes, answers = check_submission(compared, submission)
         result.notes += notes
         stubs = {grading._grade_id(c): c.source for c in release.cells
                  if c.metadata.get("nbgrader", {}).get("solution")}
@@ -654,28 +945,50 @@ def grade_notebook(lesson: Lesson, student: Student, submissions: Path, out: Pat
             result.questions = _zero(lesson, "not answered")
             return result
         nb = build_gradeable(lesson, answers, parameters, release=release, student_id=student.id)
-        job_dir = Path(tempfile.mkdtemp(prefix=f"{student.id}-{lesson.number}-", dir=temp_root))
+        job_dir = Path(tempfile.mkdtemp(prefix=f"{lesson.number}-", dir=context.temp_root))
         try:
-            execution = execute_gradeable(nb, job_dir, options=options, hook_dir=hook_dir,
-                                          deny_read=deny_read)
+            execution = execute_gradeable(
+                nb, job_dir, options=options, hook_dir=context.hook_dir,
+                deny_read=context.deny_read, isolation=context.isolation,
+                hidden=context.hidden, visible=context.visible, keep=answer_names(lesson))
         finally:
             if not options.keep_temp:
                 shutil.rmtree(job_dir, ignore_errors=True)
         if execution.refused:
             result.tampering += [f"{r} (refused)" for r in execution.refused[:5]]
-        if execution.state != "completed":
-            result.status = {"timeout": "timeout", "kernel_died": "crashed", "stuck": "timeout",
-                             "error": "crashed", "no_result": "crashed"}[execution.state]
+        if execution.state is not State.COMPLETED:
+            result.status = STATUS_FOR_STATE[execution.state]
             result.reason = f"{execution.message} (while running " \
                             f"{_cell_label(execution.nb or nb, execution.cell)})"
         if execution.nb is None:
             execution.nb = nb
+        if not execution.probe_loaded:  # before any student code: the grader's problem
+            result.status = Status.ERROR
+            result.reason = ("grader error: the grader's probe could not be loaded into the "
+                             "kernel (run again with --keep-temp and read worker.log)")
         for index, cell in enumerate(execution.nb.cells):
             if cell.cell_type == "code" and not grading._grade_id(cell) and any(
                     e.get("ename") == "CellTimeoutError" for e in _errors(cell)):
                 result.notes.append(f"lesson cell {index + 1} went over its time limit of "
                                     f"{max(options.lesson_cell_timeout, options.cell_timeout)}"
                                     " s and was interrupted")
+        for ex in lesson.exercises:
+            tests = next((c for c in execution.nb.cells
+                          if grading._grade_id(c) == ex.tests_id), None)
+            proof = tests.metadata.get("grading") if tests is not None else None
+            if not proof:
+                continue
+            for what in proof.get("tampering", []):
+                if not any(t.startswith(f"{what} (undone") for t in result.tampering):
+                    result.tampering.append(f"{what} (undone before the tests of {ex.key})")
+            for note in proof.get("notes", []):
+                result.notes.append(f"{ex.key}: {note}")
+            ran = tests is not None and (tests.get("execution_count") is not None
+                                         or tests.outputs)
+            if ran and execution.probe_loaded and not _errors(tests) and not (
+                    proof.get("checked") and proof.get("completed")):
+                result.tampering.append(f"the tests of {ex.key} could not prove that they ran "
+                                        "to their end")
         result.questions = score(lesson, execution, stubs=stubs, options=options,
                                  not_answered=blank)
         from nbgrader.preprocessors import LimitOutput
@@ -685,8 +998,8 @@ def grade_notebook(lesson: Lesson, student: Student, submissions: Path, out: Pat
         target.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(graded, target)
     except Exception as exc:  # noqa: BLE001 - one student's problem never stops the class
-        result.status = "error"
-        result.reason = f"grader error: {type(exc).__name__}: {_short(exc, 200)}"
+        result.status = Status.ERROR
+        result.reason = f"grader error: {type(exc).__name__}: {_short(str(exc), 200)}"
         if not result.questions:
             result.questions = _zero(lesson, "not graded (grader error)")
     finally:
@@ -712,7 +1025,7 @@ def feedback_markdown(grade: StudentGrade, options: Options) -> str:
            f" per answer or tests cell and {options.notebook_timeout} s per notebook.", ""]
     for g in grade.lessons:
         out += [f"## {g.file}: {_fmt(g.total)} / {_fmt(g.max_points)}", ""]
-        if g.status != "ok":
+        if g.status is not Status.OK:
             out += [f"**{g.status}**: {g.reason}", ""]
         if g.tampering:
             out += ["**Changes to locked parts were found** (the lesson's own cells were run "
@@ -751,6 +1064,90 @@ def grades_table(grades: list, lessons: list) -> tuple[list, list]:
 _write_text = paths.write_text_atomic
 
 
+WITHHELD = "(withheld: it quoted a solution or a hidden test)"
+
+
+def withhold(text: str, secrets) -> str:
+    """``text`` unless it contains a line of a solution or hidden test (``secrets``, from
+    :func:`course_tools.grading.release.secret_lines`; whitespace-insensitive; lines of 10+
+    characters anywhere, shorter ones as a whole line), else :data:`WITHHELD`. The same
+    lines the releases are checked for. Raises nothing."""
+    flat = " ".join(str(text).split())
+    lines = {" ".join(line.split()) for line in str(text).splitlines()}
+    for secret in secrets:
+        secret = " ".join(secret.split())
+        if secret in lines or (len(secret) >= 10 and secret in flat):
+            return WITHHELD
+    return text
+
+
+def _withhold_grade(g: LessonGrade, secrets) -> None:
+    g.reason = withhold(g.reason, secrets)
+    g.tampering = [withhold(t, secrets) for t in g.tampering]
+    g.notes = [withhold(n, secrets) for n in g.notes]
+    g.instructor_notes = [withhold(n, secrets) for n in g.instructor_notes]
+    for q in g.questions:
+        q.reason = withhold(q.reason, secrets)
+
+
+def resolve_isolation(options: Options) -> tuple[Isolation, str]:
+    """The isolation to grade with and a line describing it: ``options.isolation`` (or the
+    environment variable ``GRADER_ISOLATION``): ``bubblewrap``, ``none`` (explicitly no
+    sandbox), or unset (bubblewrap, which must then be available).
+
+    Raises:
+        GradingError: no usable bubblewrap and no explicit ``none``; an unknown value.
+    """
+    wanted = options.isolation or os.environ.get("GRADER_ISOLATION") or "auto"
+    if wanted not in ("auto", *Isolation.__members__.values()):
+        raise GradingError(f"isolation {wanted!r} is unknown; use bubblewrap or none")
+    if wanted == Isolation.NONE:
+        return Isolation.NONE, ("none (chosen explicitly): kernels run as your user with "
+                                "only an audit hook; for trusted submissions only")
+    isolation, why = sandbox_tools.probe()
+    if isolation is None:
+        raise GradingError(f"no sandbox for the students' kernels: {why}. Install it, or "
+                           "grade without isolation explicitly (GRADER_ISOLATION=none, "
+                           "trusted submissions only)")
+    return isolation, why
+
+
+def _unreadable_for_kernel(folders, limit: int = 20) -> list[str]:
+    """Files and folders under ``folders`` that the sandbox's user (``nobody``, when grading
+    as root) cannot read, at most ``limit``; empty when the kernels run as the grader's own
+    user. Raises nothing."""
+    if sandbox_tools.kernel_uid() is None:
+        return []
+    found: list = []
+    for folder in folders:
+        for root, dirs, files in os.walk(folder):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            for name in dirs + files:
+                path = os.path.join(root, name)
+                try:
+                    mode = os.stat(path).st_mode
+                except OSError:
+                    continue
+                if not mode & stat.S_IROTH or (stat.S_ISDIR(mode) and not mode & stat.S_IXOTH):
+                    found.append(path)
+                    if len(found) >= limit:
+                        return found
+    return found
+
+
+def _read_assignment(path) -> dict | None:
+    if path is None:
+        return None
+    try:
+        manifest = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise GradingError(f"assignment record {path} cannot be read ({exc}); give the "
+                           "assignment.json that assign wrote") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("students"), dict):
+        raise GradingError(f"{path} is not an assignment.json written by assign")
+    return manifest
+
+
 def grade(submissions: str | os.PathLike, roster: str | os.PathLike, out: str | os.PathLike, *,
           notebooks_dir: str | os.PathLike = "notebooks", lessons=None,
           options: Options | None = None, progress=None) -> list[StudentGrade]:
@@ -772,30 +1169,71 @@ def grade(submissions: str | os.PathLike, roster: str | os.PathLike, out: str | 
     if min(options.jobs, options.cell_timeout, options.lesson_cell_timeout,
            options.notebook_timeout) < 1:
         raise GradingError("--jobs and the time limits must be at least 1")
+    try:
+        options.limits.check()
+    except ValueError as exc:
+        raise GradingError(str(exc)) from None
+    isolation, description = resolve_isolation(options)
     chosen = grading.load_lessons(notebooks_dir, lessons)
     students = grading.read_roster(roster, chosen, grading.course_parameters(notebooks_dir))
-    out.mkdir(parents=True, exist_ok=True)
+    assignment = _read_assignment(options.assignment)
+    grading._check_new_folder(out)
+    if progress:
+        progress(f"isolation: {description}")
+    course = list(chosen)
+    for path in find_lessons(notebooks_dir):
+        if path.name not in {lesson.name for lesson in course}:
+            try:
+                course.append(grading.load_lesson(path))
+            except GradingError:
+                continue  # a lesson being written: it cannot be a wrong copy's source
+    secrets = sorted({line for lesson in course for line in grading.secret_lines(lesson)})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     temp_root = Path(tempfile.mkdtemp(prefix="course-grade-"))
+    temp_root.chmod(0o711)
     hook_dir = Path(tempfile.mkdtemp(prefix="course-grade-hook-"))
     shutil.copyfile(Path(__file__).with_name("guard.py"), hook_dir / "sitecustomize.py")
-    deny_read = [p.resolve() for p in (Path(notebooks_dir), submissions, out, temp_root)]
+    hook_dir.chmod(0o755)
+    deny_read = [p.resolve() for p in (Path(notebooks_dir), submissions, out, staging,
+                                       temp_root)]
+    import course_lib
+    from course_lib import data
+
+    package = Path(course_lib.__file__).resolve().parent
+    visible = [Path(sys.base_prefix), Path(sys.prefix), package]
+    for folder in (data.data_dir, data.cache_dir):
+        try:
+            visible.append(Path(folder()))
+        except Exception:  # noqa: BLE001 - no such folder here: nothing to show
+            pass
+    hidden = [package.parent, Path.home(), *deny_read]
+    unreadable = _unreadable_for_kernel(visible[2:])
+    if progress and unreadable:
+        progress(f"warning: the sandboxed kernels (user nobody) cannot read {len(unreadable)} "
+                 f"file(s) the lessons may need, e.g. {', '.join(unreadable[:3])}; make them "
+                 "readable (chmod a+r) or their lessons fail")
+    context = Context(temp_root=temp_root, hook_dir=hook_dir, deny_read=deny_read,
+                      isolation=isolation, hidden=hidden, visible=visible, lessons=course,
+                      assignment=assignment)
     tasks = [(s, lesson) for s in students for lesson in chosen]
     _STOP.clear()
     done: dict = {}
     lock = threading.Lock()
     try:
         with ThreadPoolExecutor(max_workers=options.jobs) as pool:
-            futures = {pool.submit(grade_notebook, lesson, s, submissions, out, options=options,
-                                   temp_root=temp_root, hook_dir=hook_dir,
-                                   deny_read=deny_read): (s, lesson) for s, lesson in tasks}
+            futures = {pool.submit(grade_notebook, lesson, s, submissions, staging,
+                                   options=options, context=context): (s, lesson)
+                       for s, lesson in tasks}
             try:
                 for future in as_completed(futures):
                     s, lesson = futures[future]
                     result = future.result()
+                    _withhold_grade(result, secrets)
                     with lock:
                         done[(s.id, lesson.number)] = result
                         if progress:
-                            flag = "" if result.status == "ok" else f" {result.status}"
+                            flag = "" if result.status is Status.OK else f" {result.status}"
                             flag += " tampered" if result.tampering else ""
                             progress(f"[{len(done)}/{len(tasks)}] {s.id} {lesson.number}: "
                                      f"{_fmt(result.total)}/{_fmt(result.max_points)}{flag} "
@@ -805,18 +1243,28 @@ def grade(submissions: str | os.PathLike, roster: str | os.PathLike, out: str | 
                 pool.shutdown(wait=False, cancel_futures=True)
                 _kill_live()
                 raise
+        grades = [StudentGrade(s, [done[(s.id, lesson.number)] for lesson in chosen])
+                  for s in students]
+        for g in grades:
+            _write_text(staging / "feedback" / f"{g.student.id}.md",
+                        feedback_markdown(g, options))
+        columns, rows = grades_table(grades, chosen)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        _write_text(staging / "grades.csv", buffer.getvalue())
+        grading._publish(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(hook_dir, ignore_errors=True)
+        with _LIVE_LOCK:
+            leftover = list(_IPC_DIRS)
+            _IPC_DIRS.clear()
+        for folder in leftover:
+            shutil.rmtree(folder, ignore_errors=True)
         if not options.keep_temp:
             shutil.rmtree(temp_root, ignore_errors=True)
-    grades = [StudentGrade(s, [done[(s.id, lesson.number)] for lesson in chosen])
-              for s in students]
-    for g in grades:
-        _write_text(out / "feedback" / f"{g.student.id}.md", feedback_markdown(g, options))
-    columns, rows = grades_table(grades, chosen)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    _write_text(out / "grades.csv", buffer.getvalue())
     return grades

@@ -1,6 +1,6 @@
 """Write guard for graded student code (installed as ``sitecustomize`` in the grading kernel).
 
-``course_tools.grading.release`` copies this file as ``sitecustomize.py`` into a folder that it puts first
+``course_tools.grading.autograde`` copies this file as ``sitecustomize.py`` into a folder that it puts first
 on the kernel's ``PYTHONPATH``, so that every Python process of a graded notebook (the kernel
 and any ``python`` it starts) imports it at start-up. When ``GRADER_SANDBOX`` is set, it adds a
 Python audit hook (PEP 578) that:
@@ -12,9 +12,10 @@ Python audit hook (PEP 578) that:
 - appends one line per refusal to the file ``GRADER_LOG`` (opened before the hook exists, so
   that the log can be written while the student's code cannot touch it).
 
-This is a guard against mistakes and casual tampering, not a security boundary: audit hooks
-can be bypassed with ``ctypes``, and programs other than Python (a shell command started with
-``subprocess`` or ``os.system``) are not watched at all. It uses the standard library only.
+This reports attempts; it is not the security boundary: audit hooks can be bypassed with
+``ctypes``, and programs other than Python (a shell command started with ``subprocess`` or
+``os.system``) are not watched at all. The boundary is the bubblewrap sandbox the kernel runs
+in (:mod:`course_tools.grading.sandbox`). It uses the standard library only.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def install(environ=os.environ) -> bool:
             log_fd = os.open(environ["GRADER_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         except OSError:
             log_fd = -1
-    busy = []
+    busy: list = []
     realpath, fspath = os.path.realpath, os.fspath
 
     def refuse(kind: str, path: str) -> None:

@@ -256,6 +256,36 @@ def _convert(raw: str, default):
     return value
 
 
+SEED_RANGE = (0, 2**32 - 1)  # what numpy, JAX (uint32 keys) and TensorFlow all accept
+LARGEST = 10**9
+
+
+def _check_range(name: str, value, default) -> None:
+    """Raises ValueError(what the value must be) for a roster value out of range: ``SEED``
+    in [0, 2**32 - 1]; a ``*FRACTION`` in (0, 1]; a number whose default is positive
+    (non-negative) must be positive (non-negative) and at most 10**9 in size."""
+    numbers = [v for v in (value if isinstance(value, list | tuple) else [value])
+               if isinstance(v, int | float) and not isinstance(v, bool)]
+    if name.upper() == "SEED":
+        if not all(isinstance(v, int) and SEED_RANGE[0] <= v <= SEED_RANGE[1]
+                   for v in numbers):
+            raise ValueError(f"a whole number from {SEED_RANGE[0]} to {SEED_RANGE[1]}")
+        return
+    if name.upper().endswith("FRACTION"):
+        if not all(0 < v <= 1 for v in numbers):
+            raise ValueError("a fraction in (0, 1]")
+        return
+    defaults = [v for v in (default if isinstance(default, list | tuple) else [default])
+                if isinstance(v, int | float) and not isinstance(v, bool)]
+    for v in numbers:
+        if v != v or abs(v) > LARGEST:
+            raise ValueError(f"a number no larger than {LARGEST:g}")
+        if defaults and min(defaults) > 0 and v <= 0:
+            raise ValueError("a positive number")
+        if defaults and min(defaults) >= 0 and v < 0:
+            raise ValueError("a number >= 0")
+
+
 def course_parameters(notebooks_dir: str | os.PathLike) -> set[str]:
     """The parameter names of every lesson in ``notebooks_dir`` (lessons that cannot be read
     are skipped: this only serves to accept roster columns meant for other lessons). Raises
@@ -294,11 +324,12 @@ def read_roster(path: str | os.PathLike, lessons: list[Lesson],
             rows = list(csv.reader(handle))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise RosterError(f"roster {path}: cannot be read as a UTF-8 CSV file ({exc})") from None
-    rows = [(number, row) for number, row in enumerate(rows, 1) if any(v.strip() for v in row)]
-    if not rows:
+    numbered = [(number, row) for number, row in enumerate(rows, 1)
+                if any(v.strip() for v in row)]
+    if not numbered:
         raise RosterError(f"roster {path} is empty; its first line must name the columns, "
                           "e.g. id,name,seed")
-    header = [h.strip() for h in rows[0][1]]
+    header = [h.strip() for h in numbered[0][1]]
     lowered = [h.lower() for h in header]
     if "id" not in lowered:
         raise RosterError(f"roster {path.name} has no 'id' column (its columns: "
@@ -308,7 +339,7 @@ def read_roster(path: str | os.PathLike, lessons: list[Lesson],
     if duplicate_columns or "" in lowered:
         raise RosterError(f"roster {path.name}: column names must be unique and non-empty "
                           f"(check {', '.join(duplicate_columns) or 'the empty column name'})")
-    by_name = {}
+    by_name: dict = {}
     for lesson in lessons:
         for name in lesson.parameters:
             by_name.setdefault(name.lower(), name)
@@ -331,8 +362,9 @@ def read_roster(path: str | os.PathLike, lessons: list[Lesson],
         columns[index] = parameter
     id_index, name_index = lowered.index("id"), (lowered.index("name") if "name" in lowered
                                                  else None)
-    students, seen = [], {}
-    for number, row in rows[1:]:
+    students: list = []
+    seen: dict = {}
+    for number, row in numbered[1:]:
         if len(row) > len(header):
             raise RosterError(f"roster {path.name} line {number}: {len(row)} values for "
                               f"{len(header)} columns (a comma inside a value needs quotes)")
@@ -362,6 +394,7 @@ def read_roster(path: str | os.PathLike, lessons: list[Lesson],
                         "plain value; remove the column")
                 try:
                     typed[parameter] = _convert(raw, default)
+                    _check_range(parameter, typed[parameter], default)
                 except ValueError as exc:
                     raise RosterError(
                         f"roster {path.name} line {number} (id {student_id}): "
@@ -469,6 +502,7 @@ def make_release(lesson: Lesson, parameters: dict, *, student_id: str = ""):
     nb = copy.deepcopy(lesson.nb)
     for step in (ClearSolutions(), ClearHiddenTests(), ClearOutput()):
         nb = _run(step, nb, where)
+    nbclean.set_badge_line(nb, lesson.name, edition="student")  # never the instructor copy
     nb = inject_parameters(nb, parameters, lesson_name=lesson.name, student_id=student_id)
     for step in (LockCells(), ComputeChecksums(), CheckCellMetadata()):
         nb = _run(step, nb, where)
@@ -481,7 +515,9 @@ def make_release(lesson: Lesson, parameters: dict, *, student_id: str = ""):
 
 def _regions(source: str, begin: str, end: str):
     """(inside, outside) lines of ``source`` for the regions between begin/end marker lines."""
-    inside, outside, active = [], [], False
+    inside: list = []
+    outside: list = []
+    active = False
     for line in source.splitlines():
         if begin in line:
             active = True
@@ -581,7 +617,7 @@ def assign(roster: str | os.PathLike, out: str | os.PathLike, *,
     _check_new_folder(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    manifest = {"lessons": {}, "students": {}}
+    manifest: dict = {"lessons": {}, "students": {}}
     try:
         for lesson in chosen:
             manifest["lessons"][lesson.number] = {

@@ -1,58 +1,120 @@
-"""Execute one gradeable notebook in a fresh kernel; run as a subprocess by ``course_tools.grading.release``.
+"""Execute one gradeable notebook in a fresh kernel; run as a subprocess by
+:mod:`course_tools.grading.autograde`.
 
     python -m course_tools.grading.worker JOB_DIR
 
-``JOB_DIR`` holds ``job.json`` (written by the grader: the working folder, the time limit of
-the answer and tests cells, that of the lesson's other cells, the kernel's environment) and
-``input.ipynb``. The notebook is executed with nbgrader's
-``Execute`` preprocessor (errors do not stop the run; a cell over its time limit is interrupted
-and gets a ``CellTimeoutError`` output). After every cell the executed notebook is saved to
-``JOB_DIR/executed.ipynb`` and the progress to ``JOB_DIR/status.json``, so that when the grader
-kills this process at the notebook's time limit, the cells that did run are still graded.
+``JOB_DIR`` holds ``job.json`` (written by the grader: the working folder, the time limits,
+the kernel's environment, the sandboxed kernel command of :mod:`course_tools.grading.sandbox`
+or null, the names each answer cell may assign) and ``input.ipynb``. The notebook is executed
+with nbgrader's ``Execute`` preprocessor (errors do not stop the run; a cell over its time
+limit is interrupted and gets a ``CellTimeoutError`` output). After every cell the executed
+notebook is saved to ``JOB_DIR/executed.ipynb`` and the progress to ``JOB_DIR/status.json``,
+so that when the grader kills this process at the notebook's time limit, the cells that did
+run are still graded. This process runs outside the sandbox: the kernel can neither see nor
+write ``JOB_DIR`` (only its working folder and its socket folder), nor signal this process.
+
+Tests cells (issue 16): before the first cell the grader's probe
+(:mod:`course_tools.grading.kernel_probe`) is loaded into the kernel; before each answer cell
+it records what the tests rely on; before each tests cell it checks and resets the IPython
+hooks, built-ins and watched modules (signed reply); the tests cell runs without entering
+IPython's history, wrapped so that its last statement reports, signed, that it ran to its end;
+afterwards its source is removed from the kernel's caches. The findings go to the tests
+cell's ``metadata["grading"]``: ``checked`` (the signed check before the tests answered),
+``completed`` (the signed end-of-cell report arrived), ``tampering``, ``notes``.
 
 ``status.json``: ``{"state": "running"|"completed"|"kernel_died"|"stuck"|"error",
-"cell": index of the cell running or last run, "kernel_pid": ..., "message": ...}``.
+"cell": index of the cell running or last run, "kernel_pid": ..., "message": ...,
+"restarts": [indices of the cells after which the kernel was restarted]}``.
 """
 
 from __future__ import annotations
 
+import ast
+import copy
+import hmac
 import json
 import os
 import re
+import secrets
+import shutil
 import sys
+import time
 from pathlib import Path
+from queue import Empty
 
 import nbformat
 
 from course_lib.paths import write_text_atomic as _write_atomic
+
+PROBE_SOURCE = Path(__file__).with_name("kernel_probe.py")
+TOKEN = "COURSE-GRADER "
+KEY_LINE = re.compile(r"^COURSE-GRADER-KEY ([0-9a-f]{64})$", re.MULTILINE)
+EXERCISE_CELL = re.compile(r"^ex\d+_(solution|tests)$")
+KERNEL_NAME = "course-grading"
+
+
+def wrap_tests(source: str, challenge: str) -> str:
+    """``source`` with a call ``__course_grader__("done", challenge)`` as its last statement;
+    when the cell ends with an expression (a partial-credit value) the call wraps it and
+    returns its value, so the cell's result is unchanged. Line numbers are kept. Raises
+    nothing (a cell Python cannot parse gets the call appended)."""
+    call = f"__course_grader__('done', {challenge!r}"
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        tree = None
+    if tree is not None and tree.body and isinstance(tree.body[-1], ast.Expr):
+        node = tree.body[-1]
+        lines = source.splitlines(keepends=True)
+
+        def offset(line: int, col: int) -> int:
+            before = sum(len(x) for x in lines[: line - 1])
+            return before + len(lines[line - 1].encode()[:col].decode(errors="replace"))
+
+        start = offset(node.lineno, node.col_offset)
+        end = offset(node.end_lineno or node.lineno, node.end_col_offset or 0)
+        return f"{source[:start]}{call}, ({source[start:end]})){source[end:]}"
+    return source.rstrip("\n") + f"\n{call})\n"
 
 
 def run(job_dir: Path) -> int:
     """Execute ``job_dir/input.ipynb`` as described in the module docstring.
 
     Returns 0 when every cell was run (with or without errors), 1 when the run stopped early
-    (dead kernel, a cell that could not be interrupted, another failure); the reason is in
-    ``status.json``. Raises nothing for problems in the notebook.
+    (dead kernel, a cell that could not be interrupted twice, another failure); the reason is
+    in ``status.json``. Raises nothing for problems in the notebook.
     """
+    from jupyter_client import AsyncKernelManager
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_core.utils import run_sync
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from nbgrader.preprocessors import Execute, LimitOutput
 
     job = json.loads((job_dir / "job.json").read_text(encoding="utf-8"))
     executed_path, status_path = job_dir / "executed.ipynb", job_dir / "status.json"
-    status: dict = {"state": "starting", "cell": None, "kernel_pid": None, "message": ""}
+    status: dict = {"state": "starting", "cell": None, "kernel_pid": None, "message": "",
+                    "restarts": []}
+    keep_names = job.get("keep", {})
 
     def save(nb=None) -> None:
         if nb is not None:
             _write_atomic(executed_path, nbformat.writes(nb))
         _write_atomic(status_path, json.dumps(status))
 
+    def grade_id(cell) -> str:
+        return cell.metadata.get("nbgrader", {}).get("grade_id") or ""
+
     class GradingExecute(Execute):
-        """nbgrader's Execute, saving the notebook and the progress around every cell."""
+        """nbgrader's Execute, saving the notebook and the progress around every cell and
+        running the tests cells through the probe."""
+
+        key: bytes | None = None
+        booted = False
+        stuck: set = set()
 
         def on_cell_execute(self, **kwargs):
-            if status["kernel_pid"] is None:
-                provisioner = getattr(self.km, "provisioner", None)
-                status["kernel_pid"] = getattr(provisioner, "pid", None)
+            provisioner = getattr(self.km, "provisioner", None)
+            status["kernel_pid"] = getattr(provisioner, "pid", None)
             status.update(state="running", cell=kwargs["cell_index"])
             save()
 
@@ -61,26 +123,200 @@ def run(job_dir: Path) -> int:
             limiter.preprocess_cell(kwargs["cell"], {}, kwargs["cell_index"])
             save(self.nb)
 
+        def _request(self, source: str, index: int):
+            cell = nbformat.v4.new_code_cell(source)
+            cell.metadata["grading_probe"] = True
+            original = self.nb.cells[index]
+            try:
+                self.execute_cell(cell, index, store_history=False)
+            finally:
+                self.nb.cells[index] = original  # nbclient stores the executed cell there
+            return cell
+
+        def _signed(self, cell, challenge: str):
+            """The verified payload of the probe's reply in ``cell``'s output, else None."""
+            found = None
+            for output in cell.get("outputs", []):
+                if output.get("output_type") != "stream" or output.get("name") != "stdout":
+                    continue
+                kept = []
+                for line in output.get("text", "").splitlines(keepends=True):
+                    if not line.startswith(TOKEN):
+                        kept.append(line)
+                        continue
+                    mac, _, text = line[len(TOKEN):].rstrip("\n").partition(" ")
+                    if self.key is not None and found is None and hmac.compare_digest(
+                            mac, hmac.new(self.key, (challenge + text).encode(),
+                                          "sha256").hexdigest()):
+                        try:
+                            found = json.loads(text)
+                        except ValueError:
+                            found = None
+                output["text"] = "".join(kept)
+            cell.outputs = [o for o in cell.get("outputs", []) if not (
+                o.get("output_type") == "stream" and not o.get("text"))]
+            return found
+
+        def _probe(self, index: int, command: str, *args):
+            challenge = secrets.token_hex(16)
+            call = ", ".join(repr(a) for a in (command, challenge, *args))
+            cell = self._request(f"__course_grader__({call})", index)
+            return self._signed(cell, challenge)
+
+        def _boot(self, index: int) -> None:
+            self.booted = True
+            # the probe's functions get globals of their own and a copy of the built-ins
+            # taken now, so names an answer defines or patches later never reach them
+            source = (
+                "def _course_grader_load(source):\n"
+                "    import builtins\n"
+                "    space = {'__builtins__': dict(vars(builtins)), '__name__': 'course_grader'}\n"
+                "    exec(compile(source, '<course-grader>', 'exec'), space)\n"
+                "    return space['_course_grader_boot']()\n"
+                f"__course_grader__ = _course_grader_load({PROBE_SOURCE.read_text('utf-8')!r})\n"
+                "del _course_grader_load\n")
+            cell = self._request(source, index)
+            text = "".join(o.get("text", "") for o in cell.get("outputs", [])
+                           if o.get("output_type") == "stream")
+            match = KEY_LINE.search(text)
+            self.key = bytes.fromhex(match.group(1)) if match else None
+            status["probe_loaded"] = self.key is not None  # before any student code ran
+
+        async def _ping(self, seconds: float) -> bool:
+            """Whether the kernel answers a kernel_info request within ``seconds``."""
+            msg_id = self.kc.kernel_info()
+            deadline = time.monotonic() + seconds
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    msg = await self.kc.shell_channel.get_msg(timeout=left)
+                except Empty:
+                    return False
+                if msg.get("parent_header", {}).get("msg_id") == msg_id:
+                    return True
+            return False
+
+        def _restart_and_replay(self, index: int, resources) -> None:
+            """Restart the stuck kernel and run the cells before ``index`` again (those that
+            never finished excepted), so that the questions after it are graded."""
+            self.stuck.add(index)
+            status["restarts"].append(index)
+            run_sync(self.km.restart_kernel)(now=True)
+            run_sync(self.kc.wait_for_ready)(timeout=job.get("startup_timeout", 120))
+            self.booted, self.key = False, None
+            for earlier in range(index):
+                original = self.nb.cells[earlier]
+                if original.cell_type != "code" or earlier in self.stuck:
+                    continue
+                try:
+                    self.preprocess_cell(copy.deepcopy(original), resources, earlier,
+                                         replay=True)
+                finally:
+                    self.nb.cells[earlier] = original
+
+        def preprocess_cell(self, cell, resources, index, replay=False):
+            try:
+                cell, resources = self._run_cell(cell, resources, index)
+                stuck = cell.cell_type == "code" and any(
+                    o.get("ename") == "CellTimeoutError" for o in cell.get("outputs", [])) \
+                    and not run_sync(self._ping)(10)
+            except CellTimeoutError:
+                if replay:
+                    raise
+                stuck = True
+                cell.outputs = list(cell.get("outputs", [])) + [nbformat.v4.new_output(
+                    "error", ename="CellTimeoutError", evalue="the cell went over its time "
+                    "limit and could not be interrupted", traceback=[])]
+            if stuck and not replay:
+                if len(self.stuck) >= 3:
+                    raise CellTimeoutError("three cells could not be interrupted")
+                self._restart_and_replay(index, resources)
+                self.nb.cells[index] = cell
+                cell.outputs.append(nbformat.v4.new_output(
+                    "stream", name="stderr", text="[grader] this cell could not be "
+                    "interrupted: the kernel was restarted and the cells before it run "
+                    "again\n"))
+                save(self.nb)
+            return cell, resources
+
+        def _run_cell(self, cell, resources, index):
+            self._check_assign_resources(resources)
+            if not self.booted:
+                self._boot(index)
+            gid = grade_id(cell)
+            if cell.cell_type == "code" and gid.endswith("_solution") and self.key:
+                self._probe(index, "before_answer", keep_names.get(gid, []))
+            if cell.cell_type != "code" or not gid.endswith("_tests") or not cell.source.strip():
+                return self.execute_cell(cell, index, store_history=True), self.resources
+            check = self._probe(index, "before_tests") if self.key else None
+            challenge = secrets.token_hex(16)
+            wrapped = nbformat.v4.new_code_cell(wrap_tests(cell.source, challenge))
+            wrapped.metadata = cell.metadata
+            try:
+                self.execute_cell(wrapped, index, store_history=False)
+            finally:
+                self.nb.cells[index] = cell
+                done = self._signed(wrapped, challenge)
+                cell.outputs = wrapped.outputs
+                cell.execution_count = wrapped.get("execution_count")
+                cell.metadata["grading"] = {
+                    "checked": check is not None,
+                    "completed": bool(done and done.get("done")),
+                    "tampering": [str(t)[:200] for t in (check or {}).get("tampering", [])],
+                    "notes": [str(n)[:300] for n in (check or {}).get("notes", [])]}
+                save(self.nb)
+            after = self._probe(index, "after_tests") if self.key else None
+            proof = cell.metadata["grading"]
+            during = [f"{t} while the tests ran" for t in (after or {}).get("tampering", [])]
+            if after is None or during:
+                proof["completed"] = False  # the tests may have run disarmed
+                proof["tampering"] += [str(t)[:200] for t in during]
+                save(self.nb)
+            return cell, self.resources
+
     nb = nbformat.read(job_dir / "input.ipynb", as_version=4)
     limiter = LimitOutput(max_lines=job.get("max_output_lines", 1000), max_traceback=100)
     # The kernel inherits this process's environment: the grader's choice, nothing else.
     os.environ.clear()
     os.environ.update(job["env"])
-    exercise_cell = re.compile(r"^ex\d+_(solution|tests)$")
+    ipc = Path(job["ipc_dir"])
+    spec_dir = job_dir / "kernels" / KERNEL_NAME
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    argv = job.get("kernel_argv") or [sys.executable, "-m", "ipykernel_launcher", "-f",
+                                      "{connection_file}"]
+    (spec_dir / "kernel.json").write_text(json.dumps({
+        "argv": argv, "display_name": "Python 3 (graded)", "language": "python",
+        "interrupt_mode": "message", "metadata": {"debugger": False}}), encoding="utf-8")
 
     def timeout_for(cell) -> int:
-        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id") or ""
-        if exercise_cell.match(grade_id):
+        if EXERCISE_CELL.match(grade_id(cell)) or cell.metadata.get("grading_probe"):
             return job["cell_timeout"]
         return job.get("lesson_cell_timeout") or job["cell_timeout"]
 
+    kernel_uid = job.get("kernel_uid")
+
+    class SandboxKernelManager(AsyncKernelManager):
+        """Hands the connection file to the sandbox's user (jupyter_client writes it 0600)."""
+
+        def write_connection_file(self, **kwargs):
+            result = super().write_connection_file(**kwargs)
+            if kernel_uid is not None:
+                os.chown(self.connection_file, kernel_uid, kernel_uid)
+            return result
+
+    def new_kernel_manager():
+        return SandboxKernelManager(
+            kernel_name=KERNEL_NAME, transport="ipc",
+            connection_file=str(ipc / "kernel.json"),
+            kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec_dir.parent)]))
+
     executor = GradingExecute(timeout=job["cell_timeout"], timeout_func=timeout_for,
-                              kernel_name="python3",
+                              kernel_name=KERNEL_NAME,
                               startup_timeout=job.get("startup_timeout", 120))
     save()
     code = 0
+    km = new_kernel_manager()
     try:
-        executor.preprocess(nb, {"metadata": {"path": job["cwd"]}})
+        executor.preprocess(nb, {"metadata": {"path": job["cwd"]}}, km=km)
         status.update(state="completed")
     except DeadKernelError:
         status.update(state="kernel_died", message="the kernel died (the code exited the "
@@ -93,6 +329,13 @@ def run(job_dir: Path) -> int:
     except Exception as exc:  # noqa: BLE001 - anything else is reported, never raised
         status.update(state="error", message=f"{type(exc).__name__}: {exc}"[:500])
         code = 1
+    finally:
+        try:
+            if km.has_kernel:
+                run_sync(km.shutdown_kernel)(now=True)
+        except Exception:  # noqa: BLE001 - the grader kills what is left
+            pass
+        shutil.rmtree(ipc, ignore_errors=True)
     save(nb)
     return code
 

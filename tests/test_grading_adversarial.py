@@ -1,0 +1,473 @@
+"""Issue 16: a class of dishonest and clumsy students against ``grade``, in the sandbox.
+
+One grading run (a lesson written here, NumPy only, so each kernel starts in seconds) grades
+one submission per trick of the issue, every trick with *wrong* answers, plus the honest edge
+cases; the tests below are assertions on that one run. Needs bubblewrap (``make test``
+installs it).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from course_tools.grading import autograde as grading_run
+from course_tools.grading import release as grading
+from course_tools.grading import sandbox
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRETS = ("7731", "5521", "9090", "return FACTOR * x", "np.tanh(x)")
+CORRECT = {
+    "ex1_solution": "def double(x):\n    return FACTOR * x",
+    "ex2_solution": 'ratio = table["tensorflow"] / table["jax"]',
+    "ex3_solution": "total = int(values.sum())",
+    "ex4_solution": "def my_tanh(x):\n    return np.tanh(x)",
+}
+WRONG = {
+    "ex1_solution": "def double(x):\n    return 0",
+    "ex2_solution": "ratio = 99.0",
+    "ex3_solution": "total = -1",
+    "ex4_solution": "def my_tanh(x):\n    return x * 0 + 7",
+}
+# each trick runs at the top of the first answer; every answer is wrong
+TRICKS = {
+    "ast_drop_assert": """import ast
+class _Drop(ast.NodeTransformer):
+    def visit_Assert(self, node):
+        return ast.Pass()
+get_ipython().ast_transformers.append(_Drop())""",
+    "input_pass": 'get_ipython().input_transformers_post.append(lambda lines: ["pass\\n"])',
+    "input_cleanup": 'get_ipython().input_transformers_cleanup.append(lambda lines: ["pass\\n"])',
+    "post_run_cell": """def _hide(result):
+    result.error_in_exec = None
+get_ipython().events.register("post_run_cell", _hide)
+get_ipython().showtraceback = lambda *a, **k: None""",
+    "custom_exc": """def _swallow(shell, etype, value, tb, tb_offset=None):
+    return None
+get_ipython().set_custom_exc((AssertionError, NameError, TypeError), _swallow)""",
+    "numpy_patch": """np.isclose = lambda *a, **k: True
+np.allclose = lambda *a, **k: True
+np.testing.assert_allclose = lambda *a, **k: None""",
+    "builtins_patch": """import builtins
+builtins.abs = lambda x: 0
+builtins.round = lambda x, n=0: 0""",
+    "shadow_builtins": """def isinstance(*a):
+    return True
+def abs(x):
+    return 0
+def int(x):
+    return -1""",
+    "data_edit": """table["tensorflow"] = 99.0 * table["jax"]
+values[:] = 0""",
+    "lesson_function": """def reference_tanh(x):
+    return x * 0 + 7""",
+    "fake_grader": """__course_grader__ = lambda *a, **k: None""",
+    "thread_reinstall": """import ast, threading, time
+class _Drop(ast.NodeTransformer):
+    def visit_Assert(self, node):
+        return ast.Pass()
+_drop = _Drop()
+def _keep(shell=get_ipython()):
+    while True:
+        if _drop not in shell.ast_transformers:
+            shell.ast_transformers.append(_drop)
+        time.sleep(0.001)
+threading.Thread(target=_keep, daemon=True).start()""",
+    "trace_skip": """import sys
+def _tracer(frame, event, arg):
+    return None
+sys.settrace(_tracer)""",
+}
+TRICK_ANSWERS = {**WRONG, "ex3_solution": "values[:] = 0\ntotal = 0"}
+
+
+def _code(source: str, *tags: str):
+    cell = nbformat.v4.new_code_cell(source)
+    if tags:
+        cell.metadata["tags"] = list(tags)
+    return cell
+
+
+def adversarial_lesson(folder: Path, number: str = "07", name: str = "adv") -> Path:
+    """Four exercises: hidden tests (ex1, ex4), a value from a lesson table (ex2), a lesson
+    array (ex3), a lesson function as reference (ex4)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    md = nbformat.v4.new_markdown_cell
+    nb.cells = [
+        md(f"# {number} · Adversarial {name}\n\n**What you will learn**\n\n- grading"),
+        _code('import os\n\nPROFILE = os.environ.get("COURSE_PROFILE", "full")\nSEED = 0\n'
+              "FACTOR = 2", "parameters"),
+        _code('import numpy as np\n\ntable = {"tensorflow": 3.0, "jax": 1.5}\n'
+              f"values = np.arange(1, 6)  # {name}\n\n\ndef reference_tanh(x):\n"
+              "    return np.tanh(x)"),
+        md("### Exercise 1: double it"),
+        _code("### BEGIN SOLUTION\n" + CORRECT["ex1_solution"] + "\n### END SOLUTION",
+              "solution"),
+        _code("# points: 2\nassert double(1) == FACTOR\nassert double(0) == 0\n"
+              "### BEGIN HIDDEN TESTS\nassert double(21) == 21 * FACTOR, 'secret message 7731'\n"
+              "assert double(-3) == -3 * FACTOR  # hidden-only-line-5521\n"
+              "### END HIDDEN TESTS", "tests"),
+        md("### Exercise 2: the ratio in the table"),
+        _code("### BEGIN SOLUTION\n" + CORRECT["ex2_solution"] + "\n### END SOLUTION",
+              "solution"),
+        _code('# points: 1\nassert isinstance(ratio, float)\n'
+              'assert np.isclose(ratio, table["tensorflow"] / table["jax"])', "tests"),
+        md("### Exercise 3: the total"),
+        _code("### BEGIN SOLUTION\n" + CORRECT["ex3_solution"] + "\n### END SOLUTION",
+              "solution"),
+        _code("# points: 1\nassert type(total) is int\nassert total == int(values.sum())",
+              "tests"),
+        md("### Exercise 4: tanh"),
+        _code("### BEGIN SOLUTION\n" + CORRECT["ex4_solution"] + "\n### END SOLUTION",
+              "solution"),
+        _code("# points: 2\n_x = np.linspace(-2, 2, 9)\n"
+              "assert np.allclose(my_tanh(_x), reference_tanh(_x))\n"
+              "### BEGIN HIDDEN TESTS\n"
+              "assert abs(my_tanh(0.5) - 0.46211715726000974) < 1e-12  # hidden-tanh-9090\n"
+              "### END HIDDEN TESTS", "tests"),
+        _code("print('done')"),
+    ]
+    path = folder / f"{number}_{name}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def _submit(release: Path, target: Path, answers: dict, edit=None) -> Path:
+    nb = nbformat.read(release, as_version=4)
+    for cell in nb.cells:
+        gid = grading._grade_id(cell)
+        if gid in answers:
+            cell.source = answers[gid]
+    if edit:
+        edit(nb)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, target)
+    return target
+
+
+def _leak_answers(paths: dict) -> dict:
+    """Answers that look for the hidden tests in the kernel and through the file system and
+    raise an exception named after what they found (ex2), plus a probe of the sandbox (ex3)."""
+    hunt = f"""import linecache, os, re, subprocess
+_found = "\\n".join(In)
+_found += "".join("".join(e[2]) for e in list(linecache.cache.values()) if len(e) > 2 and e[2])
+for _path in ({str(paths['lesson'])!r}, {str(paths['build'])!r}):
+    try:
+        _found += open(_path).read()
+    except Exception:
+        pass
+    try:
+        _found += subprocess.run(["cat", _path], capture_output=True, text=True).stdout
+    except Exception:
+        pass
+    try:
+        _fd = os.open(os.path.dirname(_path), os.O_RDONLY)
+        _found += os.read(os.open(os.path.basename(_path), os.O_RDONLY, dir_fd=_fd), 10**6).decode()
+    except Exception:
+        pass
+_hits = sorted(set(re.findall(r"secret message \\d+|hidden-only-line-\\d+|hidden-tanh-\\d+|BEGIN[ ]HIDDEN", _found)))
+print("HITS", len(_hits))
+raise type("Leak_" + "_".join(re.sub(r"\\W", "_", h) for h in _hits) if _hits else "NothingFound",
+           (Exception,), {{}})(" | ".join(_hits) or "nothing")
+"""
+    probe = f"""import os, signal, socket
+def _try(label, fn):
+    try:
+        fn()
+        print(label, "OPEN")
+    except Exception as exc:
+        print(label, "BLOCKED", type(exc).__name__)
+_try("NET", lambda: socket.create_connection(("1.1.1.1", 53), timeout=3))
+_try("READ", lambda: open({str(paths['lesson'])!r}).read())
+_try("WRITE", lambda: open({str(paths['outside'])!r}, "w").write("x"))
+_try("WRITEFD", lambda: os.write(os.open("escaped_fd.txt", os.O_WRONLY | os.O_CREAT,
+     dir_fd=os.open({str(paths['outside'].parent)!r}, os.O_RDONLY)), b"x"))
+_try("SIGNAL", lambda: os.kill({os.getpid()}, signal.SIGTERM))
+print("ROOT", sorted(os.listdir({str(ROOT)!r})) if os.path.isdir({str(ROOT)!r}) else "absent")
+print("PIDS", len([p for p in os.listdir("/proc") if p.isdigit()]))
+total = int(values.sum())
+"""
+    return {**CORRECT, "ex2_solution": hunt, "ex3_solution": probe}
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    if sandbox.probe()[0] is None:
+        pytest.fail("bubblewrap is needed (make test installs it): " + sandbox.probe()[1])
+    base = tmp_path_factory.mktemp("adversarial")
+    notebooks = base / "nb"
+    adversarial_lesson(notebooks)
+    adversarial_lesson(notebooks, "08", "other")
+    ids = (["good", "wrong", "no_ids", "edited_roster", "wrong_lesson", "sigint", "builtin_name",
+            "leaky", "probe", "killer", "symlink_passwd", "symlink_lesson", "hardlink_lesson",
+            "big_name"] + [f"trick_{name}" for name in TRICKS])
+    assign_roster = base / "assign.csv"
+    assign_roster.write_text("id,name,FACTOR\n" + "".join(
+        f"{i},{i},{3 if i == 'edited_roster' else ''}\n" for i in ids))
+    grade_roster = base / "grade.csv"
+    grade_roster.write_text("id,name,FACTOR\n" + "".join(
+        f"{i},{i},{5 if i == 'edited_roster' else ''}\n" for i in ids))
+    releases = base / "releases"
+    grading.assign(assign_roster, releases, notebooks_dir=notebooks, lessons=["07", "08"])
+    subs = base / "subs"
+    name = "07_adv.ipynb"
+    outside = base / "escaped.txt"
+    build_copy = ROOT / "build" / "notebooks" / name  # what an executed instructor copy is
+    paths = {"lesson": notebooks / name, "build": build_copy, "outside": outside}
+
+    def rel(student, lesson=name):
+        return releases / student / lesson
+
+    def target(student):
+        return subs / student / name
+
+    _submit(rel("good"), target("good"), CORRECT)
+    _submit(rel("wrong"), target("wrong"), WRONG)
+    no_ids = _submit(rel("no_ids"), target("no_ids"), CORRECT)
+    raw = json.loads(no_ids.read_text())
+    raw["nbformat_minor"] = 4
+    for cell in raw["cells"]:
+        cell.pop("id", None)
+    no_ids.write_text(json.dumps(raw))
+    _submit(rel("edited_roster"), target("edited_roster"), CORRECT)
+    _submit(rel("wrong_lesson", "08_other.ipynb"), target("wrong_lesson"),
+            CORRECT)
+    _submit(rel("sigint"), target("sigint"), {
+        **CORRECT, "ex3_solution": "import signal, time\nsignal.signal(signal.SIGINT, "
+        "signal.SIG_IGN)\nwhile True:\n    time.sleep(0.05)"})
+    _submit(rel("builtin_name"), target("builtin_name"), {
+        **CORRECT, "ex3_solution": "max = 3\nlist = [1]\ntotal = int(values.sum())"})
+    _submit(rel("leaky"), target("leaky"), _leak_answers(paths))
+    probe_answers = _leak_answers(paths)
+    _submit(rel("probe"), target("probe"), {**CORRECT,
+                                             "ex3_solution": probe_answers["ex3_solution"]})
+    _submit(rel("killer"), target("killer"), {
+        **WRONG, "ex1_solution": "import os, signal\nfor _pid in (os.getppid(), 1):\n    try:\n"
+        "        os.kill(_pid, signal.SIGKILL)\n    except OSError:\n        pass\n"
+        "os.killpg(0, signal.SIGTERM)\n" + WRONG["ex1_solution"]})
+    for student, link in (("symlink_passwd", "/etc/passwd"),
+                          ("symlink_lesson", str(notebooks / name))):
+        target(student).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(link, target(student))
+    target("hardlink_lesson").parent.mkdir(parents=True, exist_ok=True)
+    os.link(notebooks / name, target("hardlink_lesson"))
+    _submit(rel("big_name"), target("big_name"), {
+        **WRONG, "ex2_solution": "raise type('A' * 300 + 'secret message 7731', (Exception,), "
+        "{})('return FACTOR * x')"})
+    for trick, code in TRICKS.items():
+        answers = dict(TRICK_ANSWERS)
+        answers["ex1_solution"] = code + "\n" + answers["ex1_solution"]
+        _submit(rel(f"trick_{trick}"), target(f"trick_{trick}"), answers)
+    shutil.rmtree(releases)  # nothing of the releases is needed any more
+    lines = []
+    options = grading_run.Options(cell_timeout=8, lesson_cell_timeout=30, notebook_timeout=120,
+                                  jobs=2, profile="smoke")
+    grades = grading_run.grade(subs, grade_roster, base / "out", notebooks_dir=notebooks,
+                               lessons=["07"], options=options, progress=lines.append)
+    out = base / "out"
+    return {"grades": {g.student.id: g for g in grades}, "out": out, "lines": lines,
+            "outside": outside, "ids": ids,
+            "feedback": {p.stem: p.read_text() for p in (out / "feedback").glob("*.md")},
+            "csv": (out / "grades.csv").read_text()}
+
+
+def _outputs(graded, student: str, gid: str) -> str:
+    nb = nbformat.read(graded["out"] / "graded" / student / "07_adv.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if grading._grade_id(c) == gid)
+    return json.dumps(cell.outputs)
+
+
+SLOW = [pytest.mark.slow, pytest.mark.xdist_group("adversarial-class")]
+
+
+def slow(test):
+    """One grading run for all: slow, and on one xdist worker."""
+    for mark in SLOW:
+        test = mark(test)
+    return test
+
+
+@slow
+def test_the_run_completes_for_every_student_in_the_sandbox(graded):
+    assert set(graded["grades"]) == set(graded["ids"])
+    assert graded["lines"][0].startswith("isolation: bubblewrap")
+    assert set(graded["feedback"]) == set(graded["ids"])
+
+
+@slow
+@pytest.mark.parametrize("trick", sorted(TRICKS))
+def test_every_trick_with_wrong_answers_scores_zero(graded, trick):
+    g = graded["grades"][f"trick_{trick}"]
+    assert g.total == 0, (trick, g.reason)
+
+
+@slow
+@pytest.mark.parametrize("trick", ["ast_drop_assert", "input_pass", "input_cleanup",
+                                   "post_run_cell", "custom_exc", "numpy_patch",
+                                   "builtins_patch", "fake_grader", "trace_skip",
+                                   "thread_reinstall"])
+def test_tricks_on_hooks_and_libraries_are_reported_as_tampering(graded, trick):
+    g = graded["grades"][f"trick_{trick}"]
+    assert "tampered" in g.status, (trick, g.reason)
+
+
+@slow
+def test_restored_lesson_data_is_a_note_not_an_accusation(graded):
+    g = graded["grades"]["trick_data_edit"].lessons[0]
+    assert any("restored" in n and "table" in n for n in g.notes), g.notes
+
+
+@slow
+def test_wrong_answers_score_zero_and_correct_ones_full_marks(graded):
+    assert graded["grades"]["wrong"].total == 0
+    good = graded["grades"]["good"]
+    assert good.total == good.max_points == 6 and good.status == "ok", good.reason
+
+
+@slow
+def test_no_solution_or_hidden_test_line_reaches_feedback_or_grades_csv(graded):
+    for student, text in {**graded["feedback"], "grades.csv": graded["csv"]}.items():
+        for secret in SECRETS:
+            assert secret not in text, (student, secret)
+
+
+@slow
+def test_the_kernel_never_sees_hidden_tests_or_the_lesson(graded):
+    """The hunt found nothing: not in In/_ih, linecache, the lesson, build/ (also by cat and
+    dir_fd); the filter did not have to act."""
+    hunt = _outputs(graded, "leaky", "ex2_solution")
+    assert "NothingFound" in hunt and "HITS 0" in hunt, hunt
+
+
+@slow
+def test_the_sandbox_blocks_network_reads_writes_and_signals(graded):
+    probe = _outputs(graded, "probe", "ex3_solution")
+    for label in ("NET", "READ", "WRITE", "WRITEFD", "SIGNAL"):
+        assert f"{label} BLOCKED" in probe, (label, probe)
+    # the course repository shows only what the kernel needs: no lessons, build/, .git/
+    listing = probe.split("ROOT ", 1)[1].split("\\n", 1)[0]
+    assert "course_lib" in listing, probe
+    for hidden in ("notebooks", "build", ".git", "tests", "course_tools", "student"):
+        assert f"'{hidden}'" not in listing, (hidden, listing)
+    assert not graded["outside"].exists()
+    assert not (graded["outside"].parent / "escaped_fd.txt").exists()
+    assert graded["grades"]["probe"].total == 6
+
+
+@slow
+def test_exception_names_are_cut(graded):
+    g = graded["grades"]["big_name"].lessons[0]
+    ex2 = next(q for q in g.questions if q.key == "ex2")
+    assert "AAAA" not in ex2.reason and ex2.points == 0
+
+
+@slow
+def test_links_are_refused_and_nothing_of_their_target_is_shown(graded):
+    for student in ("symlink_passwd", "symlink_lesson", "hardlink_lesson"):
+        g = graded["grades"][student]
+        assert g.status == "unreadable" and g.total == 0, (student, g.reason)
+        assert "root:" not in graded["feedback"][student]
+    assert "symbolic link" in graded["grades"]["symlink_passwd"].reason
+    assert "hard link" in graded["grades"]["hardlink_lesson"].reason
+
+
+@slow
+def test_a_student_signalling_the_grader_stops_only_their_own_notebook(graded):
+    assert graded["grades"]["killer"].total == 0
+    assert graded["grades"]["good"].total == 6  # graded in the same run
+
+
+@slow
+def test_honest_edge_cases_are_not_called_tampering(graded):
+    grades = graded["grades"]
+    for student in ("no_ids", "edited_roster", "builtin_name"):
+        g = grades[student]
+        assert g.status == "ok" and g.total == 6, (student, g.reason)
+    assert "roster was edited since assign" in grades["edited_roster"].reason
+    assert grades["wrong_lesson"].status == "wrong lesson"
+    assert "08_other.ipynb" in grades["wrong_lesson"].reason
+
+
+@slow
+def test_an_uninterruptible_answer_costs_only_its_question(graded):
+    g = graded["grades"]["sigint"].lessons[0]
+    points = {q.key: q.points for q in g.questions}
+    assert points == {"ex1": 2, "ex2": 1, "ex3": 0, "ex4": 2}, g.questions
+
+
+# --------------------------------------------------------------------------- no kernels
+
+
+def test_grade_refuses_a_non_empty_out_folder(tmp_path):
+    notebooks = tmp_path / "nb"
+    adversarial_lesson(notebooks)
+    roster = tmp_path / "r.csv"
+    roster.write_text("id,name\na,A\n")
+    (tmp_path / "subs").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.md").write_text("an earlier run")
+    with pytest.raises(grading.GradingError, match="not empty"):
+        grading_run.grade(tmp_path / "subs", roster, tmp_path / "out", notebooks_dir=notebooks,
+                          options=grading_run.Options(isolation="none"))
+    assert (tmp_path / "out" / "old.md").read_text() == "an earlier run"
+
+
+@pytest.mark.parametrize("value, message", [("-5", "from 0 to 4294967295"),
+                                            ("100000000000000000000", "from 0 to"),
+                                            ("1.5", "whole number")])
+def test_roster_seeds_are_range_checked(tmp_path, value, message):
+    notebooks = tmp_path / "nb"
+    lesson = grading.load_lesson(adversarial_lesson(notebooks))
+    roster = tmp_path / "r.csv"
+    roster.write_text(f"id,name,seed\na,A,{value}\n")
+    with pytest.raises(grading.RosterError, match=message):
+        grading.read_roster(roster, [lesson])
+
+
+def test_wrap_tests_keeps_line_numbers_and_the_last_value():
+    from course_tools.grading.worker import wrap_tests
+
+    source = "# points: 2\nearned = 1\nearned + (\n    1)"
+    wrapped = wrap_tests(source, "abc")
+    assert wrapped.splitlines()[:2] == source.splitlines()[:2]
+    assert len(wrapped.splitlines()) == len(source.splitlines())
+    assert wrapped.splitlines()[2].startswith("__course_grader__('done', 'abc', (earned")
+    assert wrap_tests("assert x", "c").endswith("\n__course_grader__('done', 'c')\n")
+
+
+def test_withhold_removes_any_text_quoting_a_secret_line(tmp_path):
+    lesson = grading.load_lesson(adversarial_lesson(tmp_path / "nb"))
+    secrets = grading.secret_lines(lesson)
+    assert grading_run.withhold("your answer raised X: assert double(21) == 21 * FACTOR, "
+                                "'secret message 7731'", secrets) == grading_run.WITHHELD
+    assert grading_run.withhold("your answer raised ValueError: bad shape", secrets) == \
+        "your answer raised ValueError: bad shape"
+
+
+def test_grade_without_a_sandbox_needs_an_explicit_choice(monkeypatch):
+    monkeypatch.setattr(sandbox, "probe", lambda: (None, "bubblewrap is not installed"))
+    monkeypatch.delenv("GRADER_ISOLATION", raising=False)
+    with pytest.raises(grading.GradingError, match="no sandbox .*GRADER_ISOLATION=none"):
+        grading_run.resolve_isolation(grading_run.Options())
+    isolation, line = grading_run.resolve_isolation(grading_run.Options(isolation="none"))
+    assert isolation is sandbox.Isolation.NONE and "chosen explicitly" in line
+
+
+def test_cells_without_ids_are_matched_by_content():
+    """check_submission on a notebook without cell ids matches the lesson cells by content."""
+    lesson_nb = nbformat.v4.new_notebook()
+    lesson_nb.cells = [nbformat.v4.new_markdown_cell("# title"), nbformat.v4.new_code_cell("x = 1")]
+    submission = copy.deepcopy(lesson_nb)
+    for cell in submission.cells:
+        cell.pop("id", None)
+    tampering, notes, _ = grading_run.check_submission(lesson_nb, submission)
+    assert tampering == [] and notes == []
