@@ -264,8 +264,9 @@ def test_scratch_dir(tmp_path):
 
 def test_scratch_dir_without_a_course_root(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    folder = workers.scratch_dir("11")
-    assert folder == Path(tempfile.gettempdir()) / "course-lesson11" and folder.is_dir()
+    folder = workers.scratch_dir("11")  # a new private folder, never a shared fixed name
+    assert folder.parent == Path(tempfile.gettempdir()) and folder.is_dir()
+    assert folder.name.startswith("course-lesson11-") and folder != workers.scratch_dir("11")
 
 
 # The real engine: torchrun with gloo, two ranks (a few seconds of torch imports each).
