@@ -6,6 +6,7 @@ as asked).
 """
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -313,13 +314,16 @@ def test_bench_is_a_subcommand_and_documents_itself():
                                       "--repeats", "3"])
     assert args.func is bench_cli.run and args.frameworks == ["jax", "torch"]
     assert args.repeats == 3 and args.batch == 256
+    with pytest.raises(SystemExit):  # one pair gives no spread
+        build_parser().parse_args(["bench", "--repeats", "1"])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "--frameworks", "mxnet"])
     proc = subprocess.run([sys.executable, "-m", "course_tools", "bench", "--help"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
     for option in ("--sizes", "--frameworks", "--repeats", "--batch", "--out", "--timeout",
-                   "own fresh Python process", "fraction_of_peak"):
+                   "--notebook", "own fresh Python process", "ratio_to_reference",
+                   "NumPy/BLAS float32 matmul rate", "machine too busy to measure"):
         assert option in proc.stdout
 
 
@@ -340,7 +344,8 @@ def test_tiny_real_run_writes_records(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "course_tools", "bench", "--sizes", "tiny", "--frameworks",
          "jax,torch", "--modes", "jit,eager", "--repeats", "3", "--min-time", "0.01",
-         "--out", str(out)], capture_output=True, text=True, timeout=600)
+         "--out", str(out)], capture_output=True, text=True, timeout=600,
+        env={**os.environ, "MARK_FILE": str(tmp_path / "unused")})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     frame = results.read_results(out)
     steps = frame[frame["metric"] == "step_time"]
@@ -348,8 +353,20 @@ def test_tiny_real_run_writes_records(tmp_path):
     assert (steps["model"] == "mlp_tiny").all() and (steps["source"] == "cli").all()
     assert (steps["value"] > 0).all() and (steps["repeats"] == 3).all()
     metrics = set(frame["metric"])
-    assert {"first_call_time", "achieved_gflops", "fraction_of_peak", "matmul_peak",
+    assert {"first_call_time", "achieved_gflops", "reference_rate", "matmul_peak",
             "import_time", "memory_after_import"} <= metrics
+    assert "fraction_of_peak" not in metrics  # the reference is named for what it is
+    reference = frame[frame["metric"] == "reference_rate"]
+    assert set(reference["reference"]) == {"NumPy/BLAS float32 matmul rate"}
+    assert set(reference["status"]) <= {"measured", "too busy"}
+    ratios = frame[frame["metric"] == "ratio_to_reference"]  # absent where too busy
+    assert len(ratios) == (reference["status"] == "measured").sum()
+    if len(ratios):  # a busy machine (the usual case on a shared runner) records none
+        assert (ratios["ratio_ci_low"] <= ratios["value"]).all()
+        assert (ratios["value"] <= ratios["ratio_ci_high"]).all()
+    summary = json.loads((out / "bench-summary.json").read_text())
+    assert len(summary["steps"]) == 2 and set(summary["step_code_sha256"]) == set(
+        bench_cli.STEP_FILES.values())
     assert set(frame.loc[frame["metric"] == "import_time", "framework"]) == {"jax", "torch"}
     assert "mlp_tiny" in proc.stdout
 
@@ -360,3 +377,291 @@ def test_a_framework_that_runs_too_long_is_stopped(tmp_path):
                                       "--modes", "nojit", "--timeout", "1", "--out",
                                       str(tmp_path)])
     assert bench_cli.run(args) == 1
+
+
+@pytest.mark.slow
+def test_the_bench_runs_the_lessons_code(tmp_path):
+    """Change the lesson's torch cell: the bench runs the changed code (it leaves a mark)."""
+    notebook = _lesson_copy(tmp_path, "torch_step.py", "from course_lib import bench, convert\n",
+                            "from course_lib import bench, convert\nimport os\n"
+                            "open(os.environ['MARK_FILE'], 'w').write('lesson code ran')\n")
+    mark = tmp_path / "mark"
+    proc = subprocess.run(
+        [sys.executable, "-m", "course_tools", "bench", "--sizes", "tiny", "--frameworks",
+         "torch", "--modes", "eager", "--repeats", "2", "--min-time", "0.001", "--notebook",
+         str(notebook), "--out", str(tmp_path / "bench")], capture_output=True, text=True,
+        timeout=600, env={**os.environ, "MARK_FILE": str(mark)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert mark.read_text() == "lesson code ran"
+
+
+# ------------------------------------------------------------------------------ lesson 09's code
+
+LESSON = bench_cli.default_notebook()
+
+
+def _lesson_copy(tmp_path, module, old, new):
+    """A copy of lesson 09 whose `module` cell has `old` replaced by `new`."""
+    nb = json.loads(LESSON.read_text(encoding="utf-8"))
+    changed = 0
+    for cell in nb["cells"]:
+        source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        if cell["cell_type"] == "code" and source.startswith(f"%%writefile {{SCRATCH}}/{module}"):
+            assert old in source
+            cell["source"] = source.replace(old, new)
+            changed += 1
+    assert changed == 1
+    path = tmp_path / "09_performance.ipynb"
+    path.write_text(json.dumps(nb), encoding="utf-8")
+    return path
+
+
+def test_the_lesson_writes_every_step_module_the_bench_runs():
+    code = bench_cli.lesson_step_code(LESSON)
+    assert set(code) == set(bench_cli.STEP_FILES.values())
+    for source in code.values():
+        assert "def make_step(widths, mode, weights, x, y, lr)" in source
+        assert "MODES = (" in source and "SYNC = bench.sync_" in source
+        assert not source.startswith("%%")  # the magic line is not part of the module
+
+
+def test_a_change_in_the_lesson_is_what_the_bench_loads(tmp_path):
+    notebook = _lesson_copy(tmp_path, "sklearn_step.py", 'MODES = ("partial_fit",)',
+                            'MODES = ("partial_fit",)\nCHANGED_IN_THE_LESSON = 42')
+    digests = bench_cli.write_step_modules(notebook, tmp_path / "steps")
+    original = bench_cli.lesson_step_code(LESSON)["sklearn_step.py"]
+    assert digests["sklearn_step.py"] != __import__("hashlib").sha256(original.encode()).hexdigest()
+    module = bench.load_module(tmp_path / "steps" / "sklearn_step.py")
+    assert module.CHANGED_IN_THE_LESSON == 42 and module.MODES == ("partial_fit",)
+
+
+def test_a_lesson_without_a_step_cell_is_refused(tmp_path, capsys):
+    nb = json.loads(LESSON.read_text(encoding="utf-8"))
+    nb["cells"] = [c for c in nb["cells"]
+                   if "jax_step.py" not in "".join(c["source"]).split("\n", 1)[0]]
+    path = tmp_path / "lesson.ipynb"
+    path.write_text(json.dumps(nb), encoding="utf-8")
+    with pytest.raises(bench_cli.LessonCodeError, match="jax_step.py"):
+        bench_cli.lesson_step_code(path)
+    args = build_parser().parse_args(["bench", "--sizes", "tiny", "--notebook", str(path),
+                                      "--out", str(tmp_path / "out")])
+    assert bench_cli.run(args) == 2
+    assert "no %%writefile cell for jax_step.py" in capsys.readouterr().err
+    with pytest.raises(bench_cli.LessonCodeError, match="cannot read"):
+        bench_cli.lesson_step_code(tmp_path / "missing.ipynb")
+
+
+def test_load_module_reads_the_file_again(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("VALUE = 1\n")
+    assert bench.load_module(path).VALUE == 1
+    path.write_text("VALUE = 2\n")
+    assert bench.load_module(path).VALUE == 2
+    with pytest.raises(FileNotFoundError, match="%%writefile"):
+        bench.load_module(tmp_path / "absent.py")
+
+
+# ------------------------------------------------------------------------------ interleaving
+
+
+class FakeReference:
+    """A reference whose calls advance the fake clocks by given durations."""
+
+    def __init__(self, clock, cpu, durations, cpu_per_call=None, flops=1e9):
+        self.clock, self.cpu, self.durations = clock, cpu, list(durations)
+        self.cpu_per_call = cpu_per_call
+        self.calls = 0
+
+    def as_reference(self, log):
+        def fn():
+            seconds = self.durations[min(self.calls, len(self.durations) - 1)]
+            self.calls += 1
+            self.clock.now += seconds
+            self.cpu.now += seconds * 2 if self.cpu_per_call is None else self.cpu_per_call
+            log.append("reference")
+
+        return bench.Reference(fn=fn, sync=bench.sync_none, flops=int(1e9), shape=(1, 1, 1),
+                               dtype="float32", framework="numpy", device="cpu")
+
+
+def _interleave(reference_durations, step_seconds=0.5, pairs=6, cpu_per_call=None):
+    clock, cpu = FakeClock(), FakeClock()
+    log = []
+    ref = FakeReference(clock, cpu, reference_durations, cpu_per_call).as_reference(log)
+
+    def step():
+        clock.now += step_seconds
+        log.append("step")
+
+    result = bench.interleaved(step, ref, sync=bench.sync_none, flops=2e9, pairs=pairs,
+                               warmup=1, min_time=0, threads=2, clock=clock, cpu_clock=cpu)
+    return result, log
+
+
+def test_reference_and_step_samples_alternate_in_one_loop():
+    steady = [0.1] * 2 + [0.1, 0.1, 0.1, 0.1, 0.1, 0.1]  # first call + warm-up, then 6 samples
+    result, log = _interleave(steady, pairs=6)
+    # warm-up: reference first call + 1 warm-up, step first call + 1 warm-up, then pairs
+    assert log[:4] == ["reference", "reference", "step", "step"]
+    timed = log[4:]
+    assert timed == list(result.order) and len(timed) == 12
+    assert result.order == ("reference", "step", "step", "reference") * 3  # order swaps
+    assert result.step.repeats == result.reference.repeats == 6
+    # 2 GFLOP in 0.5 s = 4 GFLOP/s against 1 GFLOP in 0.1 s = 10 GFLOP/s: 0.4 per pair
+    assert result.ratios == pytest.approx([0.4] * 6)
+    assert result.ratio == pytest.approx(0.4) and not result.too_busy
+    assert result.ratio_interval() == pytest.approx((0.4, 0.4))
+    assert "0.40 x the NumPy/BLAS float32 matmul rate" in str(result)
+    assert result.median_cpu_share == pytest.approx(1.0)
+
+
+def test_a_load_that_slows_both_samples_of_a_pair_leaves_the_ratio():
+    clock, cpu = FakeClock(), FakeClock()
+    slow = {"factor": 1.0}
+    log = []
+
+    def ref_fn():
+        clock.now += 0.1 * slow["factor"]
+        cpu.now += 0.2 * slow["factor"]
+        log.append("reference")
+
+    def step():
+        clock.now += 0.5 * slow["factor"]
+        log.append("step")
+        slow["factor"] = 1.0 + 0.05 * (len(log) % 3)  # the load changes between pairs
+
+    ref = bench.Reference(fn=ref_fn, sync=bench.sync_none, flops=int(1e9), shape=(1, 1, 1),
+                          dtype="float32", framework="numpy", device="cpu")
+    result = bench.interleaved(step, ref, sync=bench.sync_none, flops=2e9, pairs=8, warmup=0,
+                               min_time=0, threads=2, clock=clock, cpu_clock=cpu)
+    assert max(result.step.times) > min(result.step.times)  # the step time itself moved
+    assert not result.too_busy
+    assert result.ratio == pytest.approx(0.4, rel=0.06)
+
+
+def test_a_reference_spread_too_wide_is_refused_as_too_busy():
+    wild = [0.1, 0.1] + [0.1, 0.3, 0.1, 0.25, 0.1, 0.4]
+    result, _ = _interleave(wild, pairs=6)
+    assert result.reference_spread > bench.BUSY_THRESHOLD
+    assert result.too_busy and "IQR/median" in result.busy_reason
+    assert str(result).startswith("machine too busy to measure")
+    assert result.summary()["status"] == "too busy"
+
+
+def test_a_reference_that_got_too_little_cpu_is_refused_even_when_steady():
+    # steady times, but the two BLAS threads ran only 1.2 of 2 cores: others held the cores
+    result, _ = _interleave([0.1] * 8, pairs=6, cpu_per_call=0.12)
+    assert result.reference_spread == pytest.approx(0.0)
+    assert result.median_cpu_share == pytest.approx(0.6)
+    assert result.too_busy and "other programs held the cores" in result.busy_reason
+
+
+def test_interleaved_checks_its_arguments_and_the_sync():
+    ref = bench.matmul_reference(16, m=4)
+    with pytest.raises(ValueError, match="pairs"):
+        bench.interleaved(lambda: None, ref, sync=bench.sync_none, flops=1.0, pairs=1)
+    with pytest.raises(ValueError, match="flops"):
+        bench.interleaved(lambda: None, ref, sync=bench.sync_none, flops=0)
+    with pytest.raises(ValueError, match="steps_per_call"):
+        bench.interleaved(lambda: None, ref, sync=bench.sync_none, flops=1.0, steps_per_call=0)
+    with pytest.raises(bench.SyncError, match="needs sync="):
+        bench.interleaved(lambda: None, ref, sync=None, flops=1.0)
+
+
+def test_steps_per_call_reports_time_per_step():
+    clock, cpu = FakeClock(), FakeClock()
+
+    def ref_fn():
+        clock.now += 0.1
+
+    def fit_ten_steps():
+        clock.now += 1.0
+
+    ref = bench.Reference(fn=ref_fn, sync=bench.sync_none, flops=int(1e9), shape=(1, 1, 1),
+                          dtype="float32", framework="numpy", device="cpu")
+    result = bench.interleaved(fit_ten_steps, ref, sync=bench.sync_none, flops=1e9,
+                               steps_per_call=10, pairs=3, warmup=0, min_time=0, threads=None,
+                               clock=clock, cpu_clock=cpu)
+    assert result.step.times == pytest.approx((0.1, 0.1, 0.1))
+    assert result.ratio == pytest.approx(1.0)
+
+
+def test_interleaved_round_trips_through_json_and_records(tmp_path):
+    result, _ = _interleave([0.1] * 8, pairs=4)
+    again = bench.Interleaved.from_dict(json.loads(json.dumps(result.to_dict())))
+    assert again == result
+    rows = bench.record_interleaved("09", result, framework="jax", mode="jit",
+                                    model="mlp_x", results_dir=tmp_path, batch=256)
+    metrics = [r["metric"] for r in rows]
+    assert metrics == ["step_time", "first_call_time", "achieved_gflops", "reference_rate",
+                       "ratio_to_reference"]
+    ratio = rows[-1]
+    assert ratio["value"] == pytest.approx(0.4) and ratio["unit"] == "ratio"
+    assert ratio["reference"] == "NumPy/BLAS float32 matmul rate"
+    assert ratio["ratio_ci_low"] <= ratio["value"] <= ratio["ratio_ci_high"]
+    busy, _ = _interleave([0.1, 0.1] + [0.1, 0.3, 0.1, 0.25], pairs=4)
+    rows = bench.record_interleaved("09", busy, framework="jax", mode="jit", model="mlp_x",
+                                    results_dir=tmp_path)
+    assert [r["metric"] for r in rows][-1] == "reference_rate"  # no ratio when too busy
+    assert rows[-1]["status"] == "too busy" and rows[-1]["busy_reason"]
+
+
+def test_bootstrap_intervals():
+    assert bench.bootstrap_median_interval([2.0]) == (2.0, 2.0)
+    low, high = bench.bootstrap_median_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert 1.0 <= low <= 3.0 <= high <= 5.0
+    low, high = bench.bootstrap_ratio_interval([2.0, 2.1, 1.9], [1.0, 1.05, 0.95])
+    assert low <= 2.0 <= high and low > 1.5
+    for bad in ([], [float("nan")]):
+        with pytest.raises(ValueError):
+            bench.bootstrap_median_interval(bad)
+
+
+# ------------------------------------------------------------------------------ theoretical peak
+
+CPUINFO = """processor\t: 0
+physical id\t: 0
+core id\t: 0
+cpu MHz\t\t: 2300.000
+flags\t\t: fpu sse sse2 avx fma avx2 avx512f
+processor\t: 1
+physical id\t: 0
+core id\t: 1
+cpu MHz\t\t: 2300.000
+flags\t\t: fpu sse sse2 avx fma avx2 avx512f
+"""
+
+
+def test_theoretical_peak_from_cpuinfo():
+    peak = bench.theoretical_peak(CPUINFO, lscpu="", usable_cpus=2)
+    assert peak.cores == 2 and peak.ghz == pytest.approx(2.3)
+    assert peak.flops_per_cycle == 64 and peak.vector == "avx512f"
+    assert peak.gflops == pytest.approx(2 * 2.3 * 64)
+    assert "2 FMA units" in str(peak)
+    avx2 = CPUINFO.replace(" avx512f", "")
+    assert bench.theoretical_peak(avx2, lscpu="", usable_cpus=2).flops_per_cycle == 32
+    # lscpu's maximum clock wins over cpuinfo's current one; affinity caps the cores
+    peak = bench.theoretical_peak(CPUINFO, lscpu="CPU max MHz:  3000.0000\n", usable_cpus=1)
+    assert peak.ghz == pytest.approx(3.0) and peak.cores == 1
+    assert peak.gflops == pytest.approx(3.0 * 64)
+
+
+def test_theoretical_peak_is_none_when_it_cannot_be_derived():
+    assert bench.theoretical_peak("processor\t: 0\nflags\t: fpu avx2 fma\n", lscpu="") is None
+    assert bench.theoretical_peak("processor\t: 0\ncpu MHz\t: 2000\n", lscpu="") is None
+
+
+def test_modes_come_from_the_lesson_and_filter_the_workers(tmp_path, capsys):
+    notebook = _lesson_copy(tmp_path, "jax_step.py", 'MODES = ("jit", "nojit")',
+                            'MODES = ("jit", "nojit", "patched")')
+    code = bench_cli.lesson_step_code(notebook)
+    assert bench_cli.lesson_modes(code["jax_step.py"]) == ("jit", "nojit", "patched")
+    assert bench_cli.lesson_modes("X = 1\n") == ()
+    # a framework none of whose lesson modes is asked for is skipped before any process starts
+    args = build_parser().parse_args(["bench", "--sizes", "tiny", "--frameworks", "sklearn",
+                                      "--modes", "patched", "--notebook", str(notebook),
+                                      "--out", str(tmp_path / "out")])
+    assert bench_cli.run(args) == 0
+    assert "sklearn: skipped" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "out" / "bench-summary.json").read_text())
+    assert summary["steps"] == [] and summary["step_code_sha256"]["jax_step.py"]
