@@ -188,12 +188,11 @@ def interval(samples: Sequence[float], *, method: str = "iqr", level: float = 0.
     values = _finite(samples)
     if method == "iqr":
         low, high = np.percentile(values, [25, 75])
-    elif method == "bootstrap":
-        if not 0 < level < 1:
-            raise ValueError(f"level must be between 0 and 1, got {level}")
-        rng = np.random.default_rng(seed)
-        medians = np.median(rng.choice(values, size=(n_boot, values.size)), axis=1)
-        low, high = np.percentile(medians, [50 * (1 - level), 50 * (1 + level)])
+    elif method == "bootstrap":  # the one bootstrap of the course: lesson 09's too
+        from course_lib.bench import bootstrap_median_interval
+
+        low, high = bootstrap_median_interval(values, confidence=level, resamples=n_boot,
+                                              seed=seed)
     else:
         raise ValueError(f"method must be 'iqr' or 'bootstrap', got {method!r}")
     return float(low), float(high)
