@@ -446,8 +446,10 @@ class TestTinyClass:
         g = graded["grades"]["sneaky"]
         assert not graded["outside"].exists()
         assert g.total == 6 and g.status == "tampered"
-        assert f"tried to write {graded['outside']} (refused)" in g.reason
-        assert "tried to read" in g.reason and "07_tiny.ipynb" in g.reason
+        # counted per top folder: the paths are the student's text (issue 16, G)
+        assert "tried to write 1 path(s) under /tmp (refused)" in g.reason
+        assert "tried to read 1 path(s) under /tmp (refused)" in g.reason
+        assert str(graded["outside"]) not in g.reason
 
     def test_grades_csv_has_a_row_per_student(self, graded):
         rows = read_grades(graded["out"] / "grades.csv")
@@ -581,7 +583,7 @@ class TestLesson00Class:
         row = graded["rows"]["tamper"]
         assert row["status"] == "tampered"
         for what in ("edited the tests of exercise 2", "edited the injected parameters",
-                     f"tried to write {graded['outside']} (refused)"):
+                     "tried to write 1 path(s) under /tmp (refused)"):
             assert what in row["reason"]
         assert not graded["outside"].exists()
 

@@ -86,6 +86,43 @@ def _tracer(frame, event, arg):
 sys.settrace(_tracer)""",
 }
 TRICK_ANSWERS = {**WRONG, "ex3_solution": "values[:] = 0\ntotal = 0"}
+# the red team's leak (issue 16, G): the answer's function, called by the tests, reads the
+# tests cell's source (hidden tests included) and hides it, base64 in chunks, in the names of
+# added built-ins, a shell attribute, an event and a refused path, which were echoed
+LEAK_THROUGH_NAMES = """import base64, builtins, linecache, os, sys
+def double(x):
+    frame = sys._getframe(1)
+    source = "".join(linecache.getlines(frame.f_code.co_filename))
+    enc = base64.b64encode(source.encode()).decode().replace("/", "_").replace("+", "_")
+    for i in range(0, len(enc), 36):
+        builtins.__dict__[f"L{i:04d}_{enc[i:i + 36]}"] = 0
+    shell = get_ipython()
+    shell.__dict__["m_" + enc[:36]] = lambda: 0
+    shell.events.callbacks["e_" + enc[:36]] = [lambda *a: None]
+    try:
+        open(os.path.join("/etc", "p_" + enc[:36]), "w")
+    except OSError:
+        pass
+    return 0"""
+# honest answers that lost points (issue 16, J and K): a helper named like a built-in that
+# the tests never name, and rich's traceback hook (a display hook, no tampering)
+HONEST_FORMAT = ("def format(x):\n    return FACTOR * x\n\n\ndef double(x):\n"
+                 "    return format(x)")
+# issue 16, H: as many threads as the process limit allows, held for 6 s. Only when grading
+# as root, where each kernel has a user (and so a process limit) of its own; with a shared
+# user the kernels started meanwhile died before replying to kernel_info
+THREAD_BOMB = """import threading, time
+threading.stack_size(64 * 1024)
+_stop = threading.Event()
+try:
+    for _ in range(5000):
+        threading.Thread(target=_stop.wait, daemon=True).start()
+except RuntimeError:
+    pass
+time.sleep(6)
+_stop.set()
+""" + WRONG["ex1_solution"]
+HONEST_RICH = "from rich.traceback import install\ninstall()\n" + CORRECT["ex1_solution"]
 
 
 def _code(source: str, *tags: str):
@@ -195,9 +232,11 @@ def graded(tmp_path_factory):
     notebooks = base / "nb"
     adversarial_lesson(notebooks)
     adversarial_lesson(notebooks, "08", "other")
-    ids = (["good", "wrong", "no_ids", "edited_roster", "wrong_lesson", "sigint", "builtin_name",
+    # bomb first: its kernel holds all the threads it may while the next kernels start
+    ids = (["bomb"] * (os.geteuid() == 0) + ["good", "wrong", "no_ids", "edited_roster", "wrong_lesson", "sigint", "builtin_name",
             "leaky", "probe", "killer", "symlink_passwd", "symlink_lesson", "hardlink_lesson",
-            "big_name"] + [f"trick_{name}" for name in TRICKS])
+            "big_name", "leak_names", "honest_format", "honest_rich"]
+           + [f"trick_{name}" for name in TRICKS])
     assign_roster = base / "assign.csv"
     assign_roster.write_text("id,name,FACTOR\n" + "".join(
         f"{i},{i},{3 if i == 'edited_roster' else ''}\n" for i in ids))
@@ -251,10 +290,18 @@ def graded(tmp_path_factory):
     _submit(rel("big_name"), target("big_name"), {
         **WRONG, "ex2_solution": "raise type('A' * 300 + 'secret message 7731', (Exception,), "
         "{})('return FACTOR * x')"})
+    _submit(rel("leak_names"), target("leak_names"), {**WRONG,
+                                                       "ex1_solution": LEAK_THROUGH_NAMES})
+    _submit(rel("honest_format"), target("honest_format"),
+            {**CORRECT, "ex1_solution": HONEST_FORMAT})
+    _submit(rel("honest_rich"), target("honest_rich"), {**CORRECT, "ex1_solution": HONEST_RICH})
     for trick, code in TRICKS.items():
         answers = dict(TRICK_ANSWERS)
         answers["ex1_solution"] = code + "\n" + answers["ex1_solution"]
         _submit(rel(f"trick_{trick}"), target(f"trick_{trick}"), answers)
+    if "bomb" in ids:
+        _submit(rel("bomb"), target("bomb"), {**WRONG, "ex1_solution": THREAD_BOMB})
+    tests_source = grading.load_lesson(notebooks / name).cell("ex1_tests").source
     shutil.rmtree(releases)  # nothing of the releases is needed any more
     lines = []
     options = grading_run.Options(cell_timeout=8, lesson_cell_timeout=30, notebook_timeout=120,
@@ -263,7 +310,7 @@ def graded(tmp_path_factory):
                                lessons=["07"], options=options, progress=lines.append)
     out = base / "out"
     return {"grades": {g.student.id: g for g in grades}, "out": out, "lines": lines,
-            "outside": outside, "ids": ids,
+            "outside": outside, "ids": ids, "ex1_tests": tests_source,
             "feedback": {p.stem: p.read_text() for p in (out / "feedback").glob("*.md")},
             "csv": (out / "grades.csv").read_text()}
 
@@ -326,6 +373,49 @@ def test_no_solution_or_hidden_test_line_reaches_feedback_or_grades_csv(graded):
     for student, text in {**graded["feedback"], "grades.csv": graded["csv"]}.items():
         for secret in SECRETS:
             assert secret not in text, (student, secret)
+
+
+@slow
+def test_hidden_tests_do_not_leak_through_the_names_of_tampering(graded):
+    """Issue 16, G: what the answer read during the tests left through student-chosen names
+    (added built-ins, a shell attribute, an event, a refused path); now only counted."""
+    import base64
+
+    enc = base64.b64encode(graded["ex1_tests"].encode()).decode()
+    enc = enc.replace("/", "_").replace("+", "_")
+    g = graded["grades"]["leak_names"]
+    lesson = g.lessons[0]
+    assert "tampered" in g.status and g.total == 0, g.reason
+    assert any(t.startswith("added built-in name(s):") and "other name(s)" in t
+               for t in lesson.tampering), lesson.tampering
+    for text in (graded["feedback"]["leak_names"], graded["csv"]):
+        for start in range(0, 120, 4):
+            assert enc[start:start + 12] not in text, (start, enc[start:start + 12])
+
+
+@slow
+def test_a_thread_bomb_starves_no_other_kernel(graded):
+    """Issue 16, H: every kernel has its own user, so its own process limit: the students
+    graded while the bomb held its threads lost nothing (only the known crasher crashed)."""
+    if "bomb" not in graded["grades"]:
+        pytest.skip("per-kernel users (and process limits) need a grader running as root")
+    assert graded["grades"]["bomb"].total == 0
+    crashed = {i for i, g in graded["grades"].items() if "crashed" in g.status}
+    assert crashed <= {"killer"}, {i: graded["grades"][i].reason for i in crashed}
+
+
+@slow
+def test_honest_helpers_named_like_built_ins_and_rich_tracebacks_keep_their_points(graded):
+    """Issue 16, J: ``def format`` used by the answer's own function stays (the tests never
+    name ``format``); K: ``rich.traceback.install()`` is a note, not tampering."""
+    for student in ("honest_format", "honest_rich"):
+        g = graded["grades"][student]
+        assert g.status == "ok" and g.total == 6, (student, g.reason)
+    assert not any("built-ins" in n for n in graded["grades"]["honest_format"].lessons[0].notes)
+    notes = graded["grades"]["honest_rich"].lessons[0].notes
+    assert any("traceback display hook" in n and "showtraceback" in n for n in notes), notes
+    shadow = graded["grades"]["trick_shadow_builtins"].lessons[0].notes
+    assert any("set aside" in n and "isinstance" in n for n in shadow), shadow
 
 
 @slow
@@ -459,3 +549,75 @@ def test_cells_without_ids_are_matched_by_content():
         cell.pop("id", None)
     tampering, notes, _ = grading_run.check_submission(lesson_nb, submission)
     assert tampering == [] and notes == []
+
+
+def test_refused_paths_are_counted_per_top_folder_never_echoed():
+    """Issue 16, G: the guard's log holds paths the kernel chose; only counts and a short top
+    folder reach the feedback."""
+    chunk = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo" * 2
+    log = (f"write\t/etc/p_{chunk}\nwrite\t/etc/other\nread\t/{chunk}/x\n"
+           "bogus\t/etc/x\nwrite\t/root/.cache/y\n")
+    entries = grading_run._refusals(log)
+    assert entries == ["tried to read 1 path(s) under another folder",
+                       "tried to write 2 path(s) under /etc",
+                       "tried to write 1 path(s) under /root"]
+    assert grading_run._cut_tokens(f"added {chunk}") == f"added {chunk[:20]}…"
+
+
+def test_tests_cells_name_only_their_built_ins():
+    """Issue 16, J: the probe sets aside only the built-in names a tests cell refers to (and
+    nothing else of the hidden tests reaches the kernel)."""
+    from course_tools.grading import worker
+
+    source = "assert isinstance(x, int)\n### BEGIN HIDDEN TESTS\nassert secret_name(abs(y))\n"
+    assert worker.names_used(source) == ["abs", "int", "isinstance"]
+    assert worker.names_used("%time max(x)\nlen(y)") == ["len", "max"]  # magics: identifiers
+    lesson = [nbformat.v4.new_code_cell("import numpy as np\ntable = {}\ndef f():\n    pass")]
+    assert worker.assigned_names(lesson) == ["f", "np", "table"]
+    # a lesson function the tests call looks its built-ins up in the notebook's globals
+    helper = [nbformat.v4.new_code_cell("print(len(x))\ndef ref(x):\n    return abs(x)\n"
+                                        "g = lambda y: round(y)")]
+    assert worker.names_in_functions(helper) == ["abs", "round"]
+
+
+def test_a_kernel_that_died_starting_is_recognised():
+    from nbclient.exceptions import DeadKernelError
+
+    from course_tools.grading import worker
+
+    assert worker._died_at_start(RuntimeError("Kernel died before replying to kernel_info"))
+    assert worker._died_at_start(DeadKernelError("gone"))
+    assert not worker._died_at_start(RuntimeError("something else"))
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0
+                    or shutil.which("setpriv") is None,
+                    reason="per-kernel users need a grader running as root with setpriv")
+def test_each_kernel_gets_a_user_of_its_own(tmp_path):
+    """Issue 16, H: RLIMIT_NPROC counts per user, so each kernel runs as its own."""
+    first, second = sandbox.claim_uid(), sandbox.claim_uid()
+    try:
+        assert first is not None and second is not None
+        assert first != second and min(first, second) >= sandbox.KERNEL_UID_BASE
+        # another grader process on the machine skips the slots held here (flock)
+        import subprocess
+        import sys
+
+        other = subprocess.run([sys.executable, "-c", "from course_tools.grading import "
+                                "sandbox; print(sandbox.claim_uid())"], capture_output=True,
+                               text=True, timeout=60, cwd=ROOT)
+        assert int(other.stdout) not in (first, second), other.stdout + other.stderr
+        folder = tmp_path / "work"
+        (folder / "sub").mkdir(parents=True)
+        sandbox.give_to_kernel(folder, uid=first)
+        assert (folder / "sub").stat().st_uid == first
+        if sandbox.probe()[0] is not None:
+            argv = sandbox.kernel_command("python", work=folder, ipc=tmp_path, log_dir=tmp_path,
+                                          hook_dir=tmp_path, hidden=[], visible=[],
+                                          limits=sandbox.Limits(), uid=second)
+            assert f"--reuid={second}" in argv and f"--regid={second}" in argv
+    finally:
+        sandbox.release_uid(first)
+        sandbox.release_uid(second)
+    # released slots can be claimed again (kernels of a parallel run may hold others)
+    assert not {first, second} & {sandbox.KERNEL_UID_BASE + s for s in sandbox._SLOTS}

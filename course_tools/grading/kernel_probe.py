@@ -15,19 +15,25 @@ Commands (each request carries a fresh ``challenge``):
   modules (numpy, pandas, math, operator, course_lib, IPython's shell and compiler, ... and
   every module bound in the notebook), the notebook's lesson variables (binding; functions'
   code; plain data as a pickle, up to 64 MB each) except the names ``args[0]`` that the answer
-  cell itself assigns;
+  cell itself assigns; ``args[1]``: the names the lesson's own cells assign (the only lesson
+  variables a note may name);
 - ``before_tests``: check and reset everything an answer cell can use to disarm a tests cell:
   IPython's input and AST transformers, event callbacks, custom exception handler, shell
   methods, ``sys`` hooks (trace, profile, excepthook, displayhook), the built-ins, the watched
-  modules' callables; put back lesson variables the answer changed and remove names that
-  shadow built-ins. Replies the list of tampering (hooks, patched functions) and notes
-  (variables restored);
+  modules' callables; put back lesson variables the answer changed and set aside the
+  answer's names that shadow built-ins *and* that the tests cell uses (``args[0]``: the
+  built-in names the tests cell's source refers to; an honest helper ``def format(row)``
+  that the tests never name stays). Replies the list of tampering (hooks, patched functions)
+  and notes (variables restored, names set aside, a traceback display hook such as
+  ``rich.traceback.install()`` put back: it cannot make a failing test pass). Names a
+  student chose (an added built-in, an attribute, an event name) are only counted, never
+  echoed: hidden tests read by the answer must not leave through them;
 - ``done``: called as the last statement of a tests cell (wrapping its last expression, so
   that a partial-credit value stays the cell's result): replies that the tests ran to the end;
 - ``after_tests``: forget the tests cell's source (linecache, the last traceback and
-  execution result), so later answer cells cannot read hidden tests from the kernel, and
-  check the hooks again: one that came back while the tests ran (a background thread of the
-  answer) makes the tests untrustworthy.
+  execution result), so later answer cells cannot read hidden tests from the kernel, put
+  back the names set aside, and check the hooks again: one that came back while the tests
+  ran (a background thread of the answer) makes the tests untrustworthy.
 
 Standard library only. This is a guard inside the student's own process: code written to
 attack it specifically (finding the key through ``gc`` or ``ctypes``) can still defeat it;
@@ -42,6 +48,7 @@ def _course_grader_boot():  # noqa: C901 - one closure, sent to the kernel as on
     import linecache
     import os
     import pickle
+    import re
     import sys
     import threading
     import types
@@ -73,6 +80,7 @@ def _course_grader_boot():  # noqa: C901 - one closure, sent to the kernel as on
         "ast_transformers": list(shell.ast_transformers),
     }
     events = {name: list(callbacks) for name, callbacks in shell.events.callbacks.items()}
+    trusted_events = set(events)
     shell_dict = set(vars(shell))
     kernel_dict = set(vars(shell.kernel)) if getattr(shell, "kernel", None) else set()
     # sys.excepthook and builtins.input are set by ipykernel for every request: not watched
@@ -80,7 +88,37 @@ def _course_grader_boot():  # noqa: C901 - one closure, sent to the kernel as on
                  "unraisablehook": sys.unraisablehook}
     custom = (shell.custom_exceptions, shell.CustomTB)
     lesson = {}  # name -> (object, code or None, pickle or None)
-    skip = {"keep": set()}
+    skip = {"keep": set(), "lesson": set()}
+    hidden = {}  # names shadowing built-ins, set aside while a tests cell runs
+    # shell methods that only display a traceback: a replacement (rich.traceback.install())
+    # cannot make a failing tests cell pass (the signed end marker decides), so it is put
+    # back before the tests but reported as a note, not as tampering
+    display_only = {"showtraceback", "_showtraceback", "showsyntaxerror",
+                    "showindentationerror"}
+    ident = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,79}")
+    trusted_attrs = set()  # "module.attr" of the modules seen before the first answer ran
+    state = {"student_ran": False}
+
+    def cut(name):
+        """``name`` if it is a (dotted) identifier of at most 80 characters, else None."""
+        match = ident.fullmatch(str(name))
+        return match.group(0) if match else None
+
+    def report(entries, kind, names, trusted):
+        """Appends to ``entries`` one line for ``names`` of ``kind``: names known before any
+        student code ran (``trusted``) are shown (at most 3, each a short identifier), names
+        a student chose only counted: hidden tests must not leak through them (issue 16)."""
+        if not names:
+            return
+        unique = set(names)
+        shown = [n for n in sorted_(unique) if n in trusted and cut(n)]
+        rest = len_(unique) - len_(shown)
+        text = ", ".join(shown[:3])
+        if len_(shown) > 3:
+            rest += len_(shown) - 3
+        if rest:
+            text += (" and " if text else "") + f"{rest} other name(s)"
+        entries.append(f"{kind}: {text}")
 
     def reply(challenge, payload):
         text = jdumps(payload, sort_keys=True)
@@ -95,6 +133,8 @@ def _course_grader_boot():  # noqa: C901 - one closure, sent to the kernel as on
         for attr, obj in list(vars(module).items()):
             if callable(obj) or isinstance_(obj, types.ModuleType):
                 attrs[attr] = obj
+                if not state["student_ran"]:
+                    trusted_attrs.add(f"{name}.{attr}")
                 if isinstance_(obj, type) and getattr_(obj, "__module__", "") == name:
                     classes.setdefault(id_(obj), (obj, {k: v for k, v in vars(obj).items()
                                                         if callable(v)}))
@@ -144,9 +184,10 @@ def _course_grader_boot():  # noqa: C901 - one closure, sent to the kernel as on
             return total
         return None
 
-    def remember_lesson(keep):
+    def remember_lesson(keep, lesson_names=()):
         lesson.clear()
         skip["keep"] = set(keep)
+        skip["lesson"] = set(lesson_names)  # names the lesson's own cells assign: shown
         for name, value in list(shell.user_ns.items()):
             if name in ipython_names or name in skip["keep"] or name.startswith("_i"):
                 continue
@@ -162,7 +203,12 @@ def _course_grader_boot():  # noqa: C901 - one closure, sent to the kernel as on
                     data = None
             lesson[name] = (value, code, data)
 
-    def check(tampering, notes, lesson_too=True):
+    def check(tampering, notes, lesson_too=True, used=()):
+        found = {}  # kind -> names found (reported by report(): shown only when trusted)
+
+        def add(kind, name):
+            found.setdefault(kind, []).append(name)
+
         for attr, saved in shell_state.items():
             now = getattr_(shell, attr)
             if list(now) != saved:
@@ -177,7 +223,7 @@ def _course_grader_boot():  # noqa: C901 - one closure, sent to the kernel as on
                 if owner.startswith(("matplotlib", "IPython.", "ipykernel.", "ipywidgets")):
                     saved.append(callback)  # %matplotlib inline and the like: not the student's
                 else:
-                    tampering.append(f"registered an IPython '{name}' event callback")
+                    add("registered IPython event callback(s) for", name)
             if list(callbacks) != saved:
                 callbacks[:] = saved
         if (shell.custom_exceptions, shell.CustomTB) != custom:
@@ -185,13 +231,14 @@ def _course_grader_boot():  # noqa: C901 - one closure, sent to the kernel as on
             shell.custom_exceptions, shell.CustomTB = custom
         for attr in sorted_(set(vars(shell)) - shell_dict):
             if callable(vars(shell)[attr]):
-                tampering.append(f"replaced the shell's {attr}")
+                add("display" if attr in display_only else "replaced the shell's method(s)",
+                    attr)
                 delattr(shell, attr)
         kernel = getattr_(shell, "kernel", None)
         if kernel is not None:
             for attr in sorted_(set(vars(kernel)) - kernel_dict):
                 if callable(vars(kernel)[attr]):
-                    tampering.append(f"replaced the kernel's {attr}")
+                    add("replaced the kernel's method(s)", attr)
                     delattr(kernel, attr)
         for attr, saved in sys_hooks.items():
             if getattr_(sys, attr) is not saved:
@@ -214,10 +261,10 @@ def _course_grader_boot():  # noqa: C901 - one closure, sent to the kernel as on
                 if name.startswith("__"):  # pybind11 and others keep their internals there
                     builtins_snapshot[name] = current[name]
                     continue
-                tampering.append(f"added the built-in {name}")
+                add("added built-in name(s)", name)
                 del current[name]
             elif current.get(name) is not builtins_snapshot[name]:
-                tampering.append(f"replaced the built-in {name}")
+                add("replaced the built-in(s)", name)
                 current[name] = builtins_snapshot[name]
         for name, (module, attrs) in modules.items():
             namespace = vars(module)
@@ -228,13 +275,27 @@ def _course_grader_boot():  # noqa: C901 - one closure, sent to the kernel as on
                 if isinstance_(now, types.ModuleType) and isinstance_(obj, types.ModuleType):
                     attrs[attr] = now  # a lazily loaded submodule took its placeholder's place
                     continue
-                tampering.append(f"replaced {name}.{attr}")
+                add("replaced library function(s)", f"{name}.{attr}")
                 namespace[attr] = obj
         for cls, attrs in classes.values():
             for attr, obj in attrs.items():
                 if vars(cls).get(attr) is not obj:
-                    tampering.append(f"replaced {cls.__module__}.{cls.__qualname__}.{attr}")
+                    add("replaced library method(s)", f"{cls.__qualname__}.{attr}")
                     setattr_(cls, attr, obj)
+        for kind, names in found.items():
+            if kind == "display":
+                continue
+            trusted = {"registered IPython event callback(s) for": trusted_events,
+                       "replaced the shell's method(s)": boot_shell,
+                       "replaced the kernel's method(s)": boot_kernel,
+                       "replaced the built-in(s)": boot_builtins}.get(kind, ())
+            if kind == "replaced library function(s)":
+                trusted = trusted_attrs
+            report(tampering, kind, names, trusted)
+        if "display" in found:
+            report(notes, "a traceback display hook your code installed (e.g. "
+                   "rich.traceback.install()) was put back while the tests ran; it cannot "
+                   "change their result", found["display"], display_only)
         if not lesson_too:
             return
         restored, shadowing = [], []
@@ -256,17 +317,19 @@ def _course_grader_boot():  # noqa: C901 - one closure, sent to the kernel as on
                 if not same:
                     user_ns[name] = loads(data)
                     restored.append(name)
+        hidden.clear()
         for name in sorted_(user_ns):
-            if name in builtins_snapshot and name not in lesson and name not in ipython_names \
-                    and name not in skip["keep"] and not name.startswith("__"):
-                del user_ns[name]
+            if name in builtins_snapshot and name in used and name not in skip["lesson"] \
+                    and name not in ipython_names and name not in skip["keep"] \
+                    and not name.startswith("__"):
+                hidden[name] = user_ns.pop(name)  # put back after the tests (after_tests)
                 shadowing.append(name)
         if restored:
-            notes.append("lesson variable(s) your answer changed were restored before the "
-                         "tests ran: " + ", ".join(sorted_(restored)[:8]))
+            report(notes, "lesson variable(s) your answer changed were restored before the "
+                   "tests ran", restored, skip["lesson"])
         if shadowing:
-            notes.append("name(s) of Python built-ins your answer reused were removed before "
-                         "the tests ran: " + ", ".join(shadowing[:8]))
+            report(notes, "name(s) of Python built-ins your answer reused were set aside "
+                   "while the tests that use them ran", shadowing, boot_builtins)
 
     before = {"linecache": set()}
 
@@ -276,11 +339,12 @@ def _course_grader_boot():  # noqa: C901 - one closure, sent to the kernel as on
             return args[0] if args else None
         if command == "before_answer":
             remember_modules()
-            remember_lesson(args[0] if args else ())
+            remember_lesson(*args)
+            state["student_ran"] = True  # from now on, names may be the student's
             reply(challenge, {"ok": True})
         elif command == "before_tests":
             tampering, notes = [], []
-            check(tampering, notes)
+            check(tampering, notes, used=set(args[0]) if args else set(builtins_snapshot))
             user_ns = shell.user_ns
             user_ns["__course_grader__"] = grader
             before["linecache"] = set(linecache.cache)
@@ -293,12 +357,22 @@ def _course_grader_boot():  # noqa: C901 - one closure, sent to the kernel as on
                 if hasattr(sys, attr):
                     setattr_(sys, attr, None)
             shell.last_execution_result = None
-            during = []
-            check(during, [], lesson_too=False)  # hooks put back while the tests ran
-            reply(challenge, {"tampering": during[:20]})
+            user_ns = shell.user_ns
+            for name, value in list(hidden.items()):
+                if name not in user_ns:
+                    user_ns[name] = value  # the answer's own helper, for its later cells
+            hidden.clear()
+            during, later = [], []
+            check(during, later, lesson_too=False)  # hooks put back while the tests ran
+            reply(challenge, {"tampering": during[:20], "notes": later[:5]})
         return None
 
     out.write(f"COURSE-GRADER-KEY {key.hex()}\n")
     out.flush()
     remember_modules()
+    # names known before any student code ran: the only ones a report may show
+    boot_builtins = frozenset(builtins_snapshot)
+    boot_shell = frozenset(dir(type(shell)))
+    boot_kernel = frozenset(dir(type(shell.kernel))) if getattr(shell, "kernel", None) \
+        else frozenset()
     return grader

@@ -10,7 +10,7 @@ command :func:`kernel_command` builds:
                                            course_lib, data, caches)
             --bind WORK WORK --bind IPC IPC --bind LOG LOG --ro-bind HOOK HOOK
             --unshare-{ipc,pid,net,uts,cgroup} --die-with-parent --new-session
-            setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all
+            setpriv --reuid=UID --regid=UID --clear-groups --inh-caps=-all
                     --bounding-set=-all --no-new-privs --           (when the grader is root;
                                         else: --unshare-all --cap-drop ALL, no setpriv)
             python -m ipykernel_launcher -f CONNECTION_FILE
@@ -24,7 +24,11 @@ so that the kernel and everything it starts:
 - has no network (its own network namespace holds only a loopback device; it talks to the
   worker over Unix sockets in ``IPC``);
 - has its own PID namespace (it cannot see or signal the grader, the worker or the other
-  students' kernels) and, when the grader runs as root, runs as ``nobody`` (uid 65534);
+  students' kernels) and, when the grader runs as root, runs as a user of its own
+  (:func:`claim_uid`: uid 200000 + a slot unique among the kernels running now, with no
+  entry in ``/etc/passwd``), so that the process limit (RLIMIT_NPROC, counted per user) is
+  per kernel: one student's fork or thread bomb cannot starve the kernels started meanwhile
+  (issue 16, H; with a shared ``nobody`` they died before replying to ``kernel_info``);
 - runs under resource limits (:class:`Limits`: address space, processes, CPU seconds, file
   size, no core dumps; ``prlimit`` from util-linux).
 
@@ -36,14 +40,41 @@ and sandboxing".
 from __future__ import annotations
 
 import enum
+import fcntl
 import functools
 import os
 import shutil
+import signal
+import stat
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 NOBODY = 65534
+KERNEL_UID_BASE = 200000  # per-kernel users: KERNEL_UID_BASE + slot (root graders only)
+MAX_SLOTS = 10000
+_SLOTS: dict = {}  # slot -> open lock file (flock held while the kernel's user is in use)
+_SLOTS_LOCK = threading.Lock()
+UID_LOCKS = (Path("/run/course-grade-uids"), Path("/tmp/course-grade-uids-0"))
+
+
+def _lock_dir() -> Path:
+    """A folder of root's own (mode 0700, not a link) for the slots' lock files.
+
+    Raises:
+        RuntimeError: neither candidate can be made or trusted.
+    """
+    for folder in UID_LOCKS:
+        try:
+            folder.mkdir(mode=0o700, exist_ok=True)
+            info = os.lstat(folder)
+        except OSError:
+            continue
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == 0 and not info.st_mode & 0o077:
+            return folder
+    raise RuntimeError("no private folder for the kernel users' lock files ("
+                       f"{', '.join(map(str, UID_LOCKS))}); remove what is there")
 
 
 class Isolation(enum.StrEnum):
@@ -60,8 +91,8 @@ class Limits:
     """Resource limits of one graded kernel and everything it starts.
 
     ``memory_mb``: address space per process (MiB; RLIMIT_AS); ``processes``: processes and
-    threads of the kernel's user (RLIMIT_NPROC; enforced when the kernel runs as ``nobody``,
-    i.e. when the grader is root: shared by the kernels running at the same time);
+    threads of the kernel's user (RLIMIT_NPROC; enforced when the grader is root, where each
+    kernel runs as a user of its own, :func:`claim_uid`, so the limit is per kernel);
     ``cpu_seconds``: CPU time per process (RLIMIT_CPU); ``file_mb``: largest file written
     (MiB; RLIMIT_FSIZE); ``tmp_mb``: size of the kernel's private ``/tmp`` (MiB)."""
 
@@ -103,10 +134,11 @@ def _namespaces() -> list[str]:
     return ["--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
 
 
-def _drop_user() -> list[str]:
+def _drop_user(uid: int | None = None) -> list[str]:
     if not _run_as_nobody():
         return []
-    return [shutil.which("setpriv") or "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+    uid = NOBODY if uid is None else uid
+    return [shutil.which("setpriv") or "setpriv", f"--reuid={uid}", f"--regid={uid}",
             "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs",
             "--"]
 
@@ -152,7 +184,7 @@ def _under(path: str, folders) -> bool:
 
 
 def kernel_command(python: str, *, work: Path, ipc: Path, log_dir: Path, hook_dir: Path,
-                   hidden, visible, limits: Limits) -> list[str]:
+                   hidden, visible, limits: Limits, uid: int | None = None) -> list[str]:
     """The argv that starts an ipykernel in the sandbox; ``{connection_file}`` is left in it
     for jupyter_client to fill (a kernelspec's ``argv``).
 
@@ -167,6 +199,8 @@ def kernel_command(python: str, *, work: Path, ipc: Path, log_dir: Path, hook_di
         visible: folders inside hidden ones that the kernel needs, bound read-only again
             (virtual environment, course_lib, data, data cache). Missing ones are skipped.
         limits: :class:`Limits`.
+        uid: the user the kernel runs as when the grader is root (:func:`claim_uid`);
+            None: ``nobody``. Ignored when the grader is not root.
 
     Raises:
         RuntimeError: bubblewrap is not usable here (:func:`probe` says why).
@@ -199,7 +233,7 @@ def kernel_command(python: str, *, work: Path, ipc: Path, log_dir: Path, hook_di
                 command += ["--perms", "0755", "--dir", parent]
                 made.add(parent)
         command += [mode, folder, folder]
-    command += ["--chdir", os.path.realpath(work), *_namespaces(), *_drop_user(),
+    command += ["--chdir", os.path.realpath(work), *_namespaces(), *_drop_user(uid),
                 # inside the PID namespace the kernel's parent is pid 1: its parent poller would
                 # stop it at once (bwrap --die-with-parent ends it with the worker instead)
                 python, "-m", "ipykernel_launcher", "--IPKernelApp.parent_handle=1",
@@ -208,18 +242,90 @@ def kernel_command(python: str, *, work: Path, ipc: Path, log_dir: Path, hook_di
 
 
 def kernel_uid() -> int | None:
-    """The uid the sandboxed kernels run as: 65534 (``nobody``) when the grader is root and
-    ``setpriv`` exists, else None (the grader's own user). Raises nothing."""
+    """Whether the sandboxed kernels run as another user: 65534 (``nobody``, the user of
+    :func:`probe`; each graded kernel gets its own, :func:`claim_uid`) when the grader is
+    root and ``setpriv`` exists, else None (the grader's own user). Raises nothing."""
     return NOBODY if _run_as_nobody() else None
 
 
-def give_to_kernel(*folders: Path) -> None:
+def _running_uids() -> set[int]:
+    """The real uids of the processes running now (``/proc``). Raises nothing."""
+    found: set[int] = set()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                found.add(os.stat(f"/proc/{entry}").st_uid)
+            except OSError:
+                continue
+    return found
+
+
+def claim_uid() -> int | None:
+    """A user id of its own for one graded kernel: ``KERNEL_UID_BASE + slot``, the lowest
+    slot neither claimed by a grader on this machine (an ``flock`` per slot in a folder of
+    root's, :data:`UID_LOCKS`, held until :func:`release_uid`) nor the owner of a running
+    process, so that RLIMIT_NPROC, which counts per user, is per kernel. None when
+    the grader is not root (the kernel runs as the grader's user). Give it back with
+    :func:`release_uid`.
+
+    Raises:
+        RuntimeError: all :data:`MAX_SLOTS` slots are in use (lower ``--jobs``); no
+            private folder for the lock files.
+    """
+    if not _run_as_nobody():
+        return None
+    folder = _lock_dir()
+    with _SLOTS_LOCK:
+        busy = _running_uids()
+        for slot in range(MAX_SLOTS):
+            if slot in _SLOTS or KERNEL_UID_BASE + slot in busy:
+                continue
+            # an exclusive flock per slot, held until release_uid: another grader process
+            # on this machine (a parallel test worker, a second instructor) skips it
+            fd = os.open(folder / f"{slot}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW,
+                         0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            _SLOTS[slot] = fd
+            return KERNEL_UID_BASE + slot
+    raise RuntimeError(f"no free kernel user among {MAX_SLOTS}; grade with fewer --jobs")
+
+
+def release_uid(uid: int | None) -> None:
+    """Kill whatever still runs as ``uid`` (a kernel's leftovers: the sandbox's PID namespace
+    normally ends them with the kernel) and free its slot for the next kernel. None: nothing
+    to do. Raises nothing."""
+    if uid is None:
+        return
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid == uid:
+                os.kill(int(entry), signal.SIGKILL)
+        except OSError:
+            continue
+    with _SLOTS_LOCK:
+        fd = _SLOTS.pop(uid - KERNEL_UID_BASE, None)
+        if fd is not None:
+            os.close(fd)  # frees the flock
+
+
+def give_to_kernel(*folders: Path, uid: int | None = None) -> None:
     """Make ``folders`` (the working, socket and log folders) writable by the sandboxed
-    kernel's user (``nobody`` when the grader is root; nothing to do otherwise). Raises
-    OSError."""
+    kernel's user (``uid`` from :func:`claim_uid`, else ``nobody``, when the grader is root;
+    nothing to do otherwise). Raises OSError."""
     if not _run_as_nobody():
         return
+    uid = NOBODY if uid is None else uid
     for folder in folders:
         for root, dirs, files in os.walk(folder):
             for name in [root] + [os.path.join(root, n) for n in dirs + files]:
-                os.chown(name, NOBODY, NOBODY, follow_symlinks=False)
+                os.chown(name, uid, uid, follow_symlinks=False)

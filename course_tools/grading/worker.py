@@ -24,12 +24,15 @@ cell's ``metadata["grading"]``: ``checked`` (the signed check before the tests a
 
 ``status.json``: ``{"state": "running"|"completed"|"kernel_died"|"stuck"|"error",
 "cell": index of the cell running or last run, "kernel_pid": ..., "message": ...,
-"restarts": [indices of the cells after which the kernel was restarted]}``.
+"restarts": [indices of the cells after which the kernel was restarted],
+"kernel_retried": why the first kernel died before its first reply (it is started once
+more: no student code had run yet), if it did}``.
 """
 
 from __future__ import annotations
 
 import ast
+import builtins
 import copy
 import hmac
 import json
@@ -51,6 +54,56 @@ TOKEN = "COURSE-GRADER "
 KEY_LINE = re.compile(r"^COURSE-GRADER-KEY ([0-9a-f]{64})$", re.MULTILINE)
 EXERCISE_CELL = re.compile(r"^ex\d+_(solution|tests)$")
 KERNEL_NAME = "course-grading"
+BUILTIN_NAMES = frozenset(dir(builtins))
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def names_used(source: str) -> list[str]:
+    """The built-in names (``format``, ``int``...) that ``source`` (a tests cell, hidden
+    tests included) refers to: its ``ast.Name`` nodes, or every identifier when Python cannot
+    parse it (IPython magics). Only built-in names, so nothing else of the hidden tests
+    reaches the kernel. Raises nothing."""
+    try:
+        found = {node.id for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Name)}
+    except (SyntaxError, ValueError):
+        found = set(IDENTIFIER.findall(source))
+    return sorted(found & BUILTIN_NAMES)
+
+
+def names_in_functions(cells) -> list[str]:
+    """The built-in names used inside the functions and lambdas that ``cells`` (the lesson's
+    own code cells) define: a tests cell that calls such a function uses them too, through
+    the notebook's globals, where an answer's shadowing name would be found first. Raises
+    nothing."""
+    found: set = set()
+    for cell in cells:
+        try:
+            tree = ast.parse(cell.source)
+        except (SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+                found.update(n.id for n in ast.walk(node) if isinstance(n, ast.Name))
+    return sorted(found & BUILTIN_NAMES)
+
+
+def assigned_names(cells) -> list[str]:
+    """The top-level names that ``cells`` (the lesson's own code cells) assign, define or
+    import; unparsable cells are skipped. Raises nothing."""
+    names: set = set()
+    for cell in cells:
+        try:
+            tree = ast.parse(cell.source)
+        except (SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+            elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                names.add(node.name)
+            elif isinstance(node, ast.alias):
+                names.add((node.asname or node.name).split(".")[0])
+    return sorted(names)
 
 
 def wrap_tests(source: str, challenge: str) -> str:
@@ -244,10 +297,11 @@ def run(job_dir: Path) -> int:
                 self._boot(index)
             gid = grade_id(cell)
             if cell.cell_type == "code" and gid.endswith("_solution") and self.key:
-                self._probe(index, "before_answer", keep_names.get(gid, []))
+                self._probe(index, "before_answer", keep_names.get(gid, []), lesson_names)
             if cell.cell_type != "code" or not gid.endswith("_tests") or not cell.source.strip():
                 return self.execute_cell(cell, index, store_history=True), self.resources
-            check = self._probe(index, "before_tests") if self.key else None
+            used = sorted(set(names_used(cell.source)) | set(lesson_builtins))
+            check = self._probe(index, "before_tests", used) if self.key else None
             challenge = secrets.token_hex(16)
             wrapped = nbformat.v4.new_code_cell(wrap_tests(cell.source, challenge))
             wrapped.metadata = cell.metadata
@@ -267,13 +321,18 @@ def run(job_dir: Path) -> int:
             after = self._probe(index, "after_tests") if self.key else None
             proof = cell.metadata["grading"]
             during = [f"{t} while the tests ran" for t in (after or {}).get("tampering", [])]
+            proof["notes"] += [str(n)[:300] for n in (after or {}).get("notes", [])]
             if after is None or during:
                 proof["completed"] = False  # the tests may have run disarmed
                 proof["tampering"] += [str(t)[:200] for t in during]
-                save(self.nb)
+            save(self.nb)
             return cell, self.resources
 
     nb = nbformat.read(job_dir / "input.ipynb", as_version=4)
+    lesson_cells = [c for c in nb.cells
+                    if c.cell_type == "code" and not EXERCISE_CELL.match(grade_id(c))]
+    lesson_names = assigned_names(lesson_cells)
+    lesson_builtins = names_in_functions(lesson_cells)
     limiter = LimitOutput(max_lines=job.get("max_output_lines", 1000), max_traceback=100)
     # The kernel inherits this process's environment: the grader's choice, nothing else.
     os.environ.clear()
@@ -309,14 +368,32 @@ def run(job_dir: Path) -> int:
             connection_file=str(ipc / "kernel.json"),
             kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec_dir.parent)]))
 
-    executor = GradingExecute(timeout=job["cell_timeout"], timeout_func=timeout_for,
+    def new_executor():
+        return GradingExecute(timeout=job["cell_timeout"], timeout_func=timeout_for,
                               kernel_name=KERNEL_NAME,
                               startup_timeout=job.get("startup_timeout", 120))
+
     save()
     code = 0
     km = new_kernel_manager()
     try:
-        executor.preprocess(nb, {"metadata": {"path": job["cwd"]}}, km=km)
+        try:
+            new_executor().preprocess(nb, {"metadata": {"path": job["cwd"]}}, km=km)
+        except (RuntimeError, DeadKernelError) as exc:
+            # a kernel that died before its first reply (before any cell, so before any
+            # student code) is the machine's problem, not the student's: start it once more
+            if status["cell"] is not None or not _died_at_start(exc):
+                raise
+            try:
+                if km.has_kernel:
+                    run_sync(km.shutdown_kernel)(now=True)
+            except Exception:  # noqa: BLE001 - dead already
+                pass
+            status["kernel_retried"] = f"{type(exc).__name__}: {exc}"[:300]
+            save()
+            time.sleep(2)
+            km = new_kernel_manager()
+            new_executor().preprocess(nb, {"metadata": {"path": job["cwd"]}}, km=km)
         status.update(state="completed")
     except DeadKernelError:
         status.update(state="kernel_died", message="the kernel died (the code exited the "
@@ -338,6 +415,14 @@ def run(job_dir: Path) -> int:
         shutil.rmtree(ipc, ignore_errors=True)
     save(nb)
     return code
+
+
+def _died_at_start(exc: BaseException) -> bool:
+    """Whether ``exc`` says the kernel died while starting (jupyter_client's "Kernel died
+    before replying to kernel_info", or nbclient's dead kernel before any cell ran)."""
+    from nbclient.exceptions import DeadKernelError
+
+    return isinstance(exc, DeadKernelError) or "before replying to kernel_info" in str(exc)
 
 
 def main(argv=None) -> int:
