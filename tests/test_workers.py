@@ -300,10 +300,11 @@ def test_torchrun_rank_never_joins_or_crashes(tmp_path, mode):
     cmd = workers.torchrun_command(script, mode, nproc_per_node=2)
     start = time.monotonic()
     kind = workers.WorkerTimeout if mode == "never_join" else workers.WorkerCrashed
+    limit = 10 if mode == "never_join" else 60  # a crash ends by itself: a generous limit
     with pytest.raises(kind) as info:
-        workers.run(cmd, timeout=10, expect=["rank0", "rank1"], run_dir=tmp_path / "run",
+        workers.run(cmd, timeout=limit, expect=["rank0", "rank1"], run_dir=tmp_path / "run",
                     grace=3)
-    assert time.monotonic() - start < 10 + 3 + 5
+    assert time.monotonic() - start < limit + 3 + 5
     err = info.value
     if mode == "never_join":
         assert "Stalled: rank0, rank1" in str(err).splitlines()[0]
