@@ -38,7 +38,6 @@ renamed at the end.
 
 from __future__ import annotations
 
-import ast
 import copy
 import csv
 import enum
@@ -435,25 +434,10 @@ def answer_names(lesson: Lesson) -> dict:
     """Per solution ``grade_id``, the names the instructor's answer cell assigns at its top
     level (assignments, definitions, imports): an answer may rebind those; any other lesson
     variable it changes is put back before the tests run. Raises nothing."""
-    found = {}
-    for cell in lesson.nb.cells:
-        meta = cell.metadata.get("nbgrader", {})
-        if not meta.get("solution"):
-            continue
-        names = set()
-        try:
-            tree = ast.parse(cell.source)
-        except (SyntaxError, ValueError):
-            tree = None
-        for node in ast.walk(tree) if tree is not None else []:
-            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-                names.add(node.id)
-            elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-                names.add(node.name)
-            elif isinstance(node, ast.alias):
-                names.add((node.asname or node.name).split(".")[0])
-        found[meta["grade_id"]] = sorted(names)
-    return found
+    from course_tools.grading.worker import assigned_names
+
+    return {cell.metadata["nbgrader"]["grade_id"]: assigned_names([cell])
+            for cell in lesson.nb.cells if cell.metadata.get("nbgrader", {}).get("solution")}
 
 
 # --------------------------------------------------------------------------- execution
