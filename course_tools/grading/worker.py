@@ -70,17 +70,22 @@ def names_used(source: str) -> list[str]:
     return sorted(found & BUILTIN_NAMES)
 
 
+def _trees(cells):
+    """The parsed source of each of ``cells`` that parses (the others are skipped)."""
+    for cell in cells:
+        try:
+            yield ast.parse(cell.source)
+        except (SyntaxError, ValueError):
+            continue
+
+
 def names_in_functions(cells) -> list[str]:
     """The built-in names used inside the functions and lambdas that ``cells`` (the lesson's
     own code cells) define: a tests cell that calls such a function uses them too, through
     the notebook's globals, where an answer's shadowing name would be found first. Raises
     nothing."""
     found: set = set()
-    for cell in cells:
-        try:
-            tree = ast.parse(cell.source)
-        except (SyntaxError, ValueError):
-            continue
+    for tree in _trees(cells):
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
                 found.update(n.id for n in ast.walk(node) if isinstance(n, ast.Name))
@@ -91,11 +96,7 @@ def assigned_names(cells) -> list[str]:
     """The top-level names that ``cells`` (the lesson's own code cells) assign, define or
     import; unparsable cells are skipped. Raises nothing."""
     names: set = set()
-    for cell in cells:
-        try:
-            tree = ast.parse(cell.source)
-        except (SyntaxError, ValueError):
-            continue
+    for tree in _trees(cells):
         for node in ast.walk(tree):
             if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
                 names.add(node.id)
