@@ -804,6 +804,12 @@ BUSY_THRESHOLD = 0.15
 #: (lesson 09, section 5), not the framework.
 MIN_CPU_SHARE = 0.8
 
+#: Seconds :func:`interleaved` waits (untimed) before each sample so that the other library's
+#: idle worker threads stop spinning: OpenBLAS's threads busy-wait about 2**28 cycles (0.1 s
+#: here) after a call (its THREAD_TIMEOUT), and libgomp's and XLA's pools spin briefly too; on
+#: 2 cores, threads left spinning by the reference slow the step that follows, and vice versa.
+SETTLE_S = 0.15
+
 BUSY_TEXT = "machine too busy to measure"
 
 
@@ -1012,6 +1018,8 @@ def interleaved(
     threads: int | None = None,
     clock: Callable[[], float] = time.perf_counter,
     cpu_clock: Callable[[], float] = time.process_time,
+    settle: float = SETTLE_S,
+    sleep: Callable[[float], Any] = time.sleep,
 ) -> Interleaved:
     """Time a training step and a reference product in alternating samples, in one loop.
 
@@ -1035,6 +1043,8 @@ def interleaved(
             (:data:`MIN_CPU_SHARE`); checked on a CPU reference only.
         threads: the reference's threads (None: NumPy's BLAS threads from threadpoolctl).
         cpu_clock: the process's CPU-time clock (tests pass a fake one).
+        settle: seconds to wait, untimed, before each sample (:data:`SETTLE_S`; >= 0).
+        sleep: the wait (tests pass a fake one).
 
     Returns:
         An :class:`Interleaved` (times per step and per reference call, in pair order).
@@ -1046,6 +1056,8 @@ def interleaved(
     _check_arguments("interleaved", step, sync, warmup, min_time, max_number)
     if isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 2:
         raise ValueError(f"interleaved(): pairs must be an int >= 2, got {pairs!r}")
+    if not (isinstance(settle, (int, float)) and 0 <= settle < 60):
+        raise ValueError(f"interleaved(): settle must be seconds in [0, 60), got {settle!r}")
     if not (isinstance(flops, (int, float, np.integer)) and flops > 0):
         raise ValueError(f"interleaved(): flops must be a positive number, got {flops!r}")
     if isinstance(steps_per_call, bool) or not isinstance(steps_per_call, int) \
@@ -1061,6 +1073,8 @@ def interleaved(
     for i in range(pairs):
         for label in (("reference", "step") if i % 2 == 0 else ("step", "reference")):
             order.append(label)
+            if settle:
+                sleep(settle)
             if label == "reference":
                 cpu_start, wall_start = cpu_clock(), clock()
                 ref_times.append(_sample(reference.fn, reference.sync, ref_number, clock))

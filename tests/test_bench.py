@@ -493,9 +493,33 @@ def _interleave(reference_durations, step_seconds=0.5, pairs=6, cpu_per_call=Non
         clock.now += step_seconds
         log.append("step")
 
+    def sleep(seconds):  # the settle wait passes wall time that no sample may count
+        clock.now += seconds
+        log.append("settle")
+
     result = bench.interleaved(step, ref, sync=bench.sync_none, flops=2e9, pairs=pairs,
-                               warmup=1, min_time=0, threads=2, clock=clock, cpu_clock=cpu)
-    return result, log
+                               warmup=1, min_time=0, threads=2, clock=clock, cpu_clock=cpu,
+                               sleep=sleep)
+    return result, [entry for entry in log if entry != "settle"]
+
+
+def test_every_timed_sample_waits_untimed_for_the_other_librarys_threads_to_settle():
+    clock, cpu, log = FakeClock(), FakeClock(), []
+    ref = FakeReference(clock, cpu, [0.1] * 6, None).as_reference(log)
+
+    def step():
+        clock.now += 0.5
+        log.append("step")
+
+    result = bench.interleaved(step, ref, sync=bench.sync_none, flops=2e9, pairs=2, warmup=1,
+                               min_time=0, threads=2, clock=clock, cpu_clock=cpu, settle=3.0,
+                               sleep=lambda s: (log.append(("settle", s)),
+                                                setattr(clock, "now", clock.now + s)))
+    timed = log[4:]  # after the first calls and warm-ups
+    assert timed[0::2] == [("settle", 3.0)] * 4 and len(timed) == 8  # one wait per sample
+    assert result.ratios == pytest.approx([0.4, 0.4])  # the 3 s waits count in no sample
+    with pytest.raises(ValueError, match="settle"):
+        bench.interleaved(step, ref, sync=bench.sync_none, flops=2e9, settle=-1)
 
 
 def test_reference_and_step_samples_alternate_in_one_loop():
@@ -533,7 +557,7 @@ def test_a_load_that_slows_both_samples_of_a_pair_leaves_the_ratio():
     ref = bench.Reference(fn=ref_fn, sync=bench.sync_none, flops=int(1e9), shape=(1, 1, 1),
                           dtype="float32", framework="numpy", device="cpu")
     result = bench.interleaved(step, ref, sync=bench.sync_none, flops=2e9, pairs=8, warmup=0,
-                               min_time=0, threads=2, clock=clock, cpu_clock=cpu)
+                               min_time=0, threads=2, clock=clock, cpu_clock=cpu, settle=0)
     assert max(result.step.times) > min(result.step.times)  # the step time itself moved
     assert not result.too_busy
     assert result.ratio == pytest.approx(0.4, rel=0.06)

@@ -2,11 +2,12 @@
 
 Each lesson runs with papermill (smoke profile) in a kernel where `import tensorflow` fails
 (tests/no_tensorflow/sitecustomize.py on PYTHONPATH). The lesson must finish, say what it
-skipped, and record no TensorFlow figure. The JAX and Keras-on-JAX lessons are the ones a TPU
-runtime is for; lessons 00 (setup) and 03 (PyTorch) run there too.
+skipped, and record no TensorFlow figure. `make test` runs three lessons so (see LESSONS);
+CI's Colab lane runs all of them so on Colab's versions, with the same phrases.
 """
 
 import os
+import sys
 from pathlib import Path
 
 import nbformat
@@ -15,21 +16,22 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 NO_TF = Path(__file__).resolve().parent / "no_tensorflow"
 
-LESSONS = [  # (lesson file, extra environment, a phrase the lesson prints about the skip)
-    ("00_setup_and_hardware.ipynb", {}, "skips its TensorFlow parts"),
-    ("01_data_and_classical_ml.ipynb", {}, "the TensorFlow MLP is skipped"),
-    ("02_keras3_three_backends.ipynb", {"KERAS_BACKEND": "jax"}, "skipped, the framework is not installed"),
-    ("03_pytorch.ipynb", {}, None),
-    ("04_jax.ipynb", {}, None),
-    ("05_tensorflow.ipynb", {}, "TensorFlow lesson skipped"),  # every later cell says so
-    ("06_cnns_four_ways.ipynb", {}, "TensorFlow cannot be imported here"),
-    ("07_sequence_models.ipynb", {}, "TensorFlow cannot be imported here"),
-    ("08_debugging.ipynb", {}, "TensorFlow cannot be imported here"),
-    ("09_performance.ipynb", {}, "TensorFlow cannot be imported here"),
-    ("10_deployment.ipynb", {}, "TensorFlow cannot be imported here"),
-    ("11_distributed.ipynb", {}, "section 5 (MirroredStrategy) is skipped"),
-]
+sys.path.insert(0, str(ROOT / "tools"))
+from colab_lane import NO_TENSORFLOW_PHRASES  # noqa: E402
+
+#: Run here on the lock: the setup lesson, Keras on JAX (what a TPU runtime is for) and the
+#: all-TensorFlow lesson that must refuse. CI's Colab lane ("tpu" variant, `make test-colab`)
+#: runs every lesson without TensorFlow on Colab's own versions and checks the same phrases.
+EXTRA_ENV = {"02": {"KERAS_BACKEND": "jax"}}
+LESSONS = [(path.name, EXTRA_ENV.get(path.name[:2], {}), NO_TENSORFLOW_PHRASES[path.name[:2]])
+           for path in sorted((ROOT / "notebooks").glob("*.ipynb"))
+           if path.name[:2] in ("00", "02", "05")]
 NOTHING_RECORDED = {"05_tensorflow.ipynb"}  # nothing of that lesson can run without TensorFlow
+
+
+def test_every_lesson_says_what_it_skips_without_tensorflow():
+    lessons = {path.name[:2] for path in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")}
+    assert set(NO_TENSORFLOW_PHRASES) >= lessons - {"12"}  # 12 measures nothing itself
 
 
 def test_the_simulation_hides_tensorflow(monkeypatch):

@@ -64,6 +64,22 @@ RUNTIME_EXTRAS = ("ipykernel", "requests")
 #: TensorFlow).
 TENSORFLOW_DISTS = ("tensorflow", "tensorboard", "tensorboard-data-server")
 VARIANTS = ("gpu", "tpu")
+#: What each lesson prints when TensorFlow is absent (the "tpu" variant checks it; None: the
+#: lesson has no TensorFlow part). tests/test_no_tensorflow.py runs some of them on the lock.
+NO_TENSORFLOW_PHRASES = {
+    "00": "skips its TensorFlow parts",
+    "01": "the TensorFlow MLP is skipped",
+    "02": "skipped, the framework is not installed",
+    "03": None,
+    "04": None,
+    "05": "TensorFlow lesson skipped",  # every later cell says so
+    "06": "TensorFlow cannot be imported here",
+    "07": "TensorFlow cannot be imported here",
+    "08": "TensorFlow cannot be imported here",
+    "09": "TensorFlow cannot be imported here",
+    "10": "TensorFlow cannot be imported here",
+    "11": "section 5 (MirroredStrategy) is skipped",
+}
 LESSON_TIMEOUT_S = 1500
 
 
@@ -373,6 +389,9 @@ def _run_lesson(notebook: Path, variant: str, env_dir: Path, out: Path, remote: 
         if variant == "tpu":
             if lesson == "05" and "Change runtime type" not in text:
                 problems.append("lesson 05 did not tell the student to switch runtime")
+            phrase = NO_TENSORFLOW_PHRASES.get(lesson)
+            if phrase and phrase not in text:
+                problems.append(f"the lesson did not say what it skipped ({phrase!r})")
             # lesson 12 measures nothing: it scores TensorFlow from the reference records
             tf_records = [p for p in records if lesson != "12"
                           and '"framework": "tensorflow"' in p.read_text(encoding="utf-8")]
