@@ -404,7 +404,10 @@ def test_lesson_12_reads_deployment_and_distributed_records(tmp_path, monkeypatc
             variant=variant, route="TFLiteConverter.from_keras_model")
     rec("10", "accuracy_change", -0.002, "fraction", framework="tensorflow", mode="litert",
         model="mlp", variant="dynamic int8")
-    rec("10", "article_ranking_holds", 0, "bool", framework="all", model="mlp", batch=1)
+    rec("10", "article_ranking", 2.0, "x", framework="all", model="mlp", batch=1,
+        verdict=claims.FAILS, steps="ONNX Runtime before the fastest native: fails")
+    rec("10", "article_ranking", 1.5, "x", framework="all", model="mlp", batch=256,
+        verdict=claims.CANT_TELL, steps="LiteRT before ONNX Runtime: can't tell")
     rec("11", "loss_max_abs_diff", 2e-7, "abs", framework="torch", mode="ddp-gloo-2",
         tol=1e-4, passed=True)
     for mode in ("shard_map-4", "NamedSharding-4", "shard_map-check_vmaFalse-pmeangrads-4"):
@@ -426,7 +429,8 @@ def test_lesson_12_reads_deployment_and_distributed_records(tmp_path, monkeypatc
     assert verdicts.loc["litert_shrinks", "verdict"] == claims.HOLDS
     assert "mlp: int8 file x0.30 of float32, accuracy -0.2 points" in \
         verdicts.loc["litert_shrinks", "reason"]
-    assert verdicts.loc["inference_ranking", "verdict"] == claims.FAILS
+    assert verdicts.loc["inference_ranking", "verdict"] == claims.FAILS  # one step reversed
+    assert "fails in 1, can't tell in 1" in verdicts.loc["inference_ranking", "reason"]
     assert "TensorRT's place not measured here: needs an NVIDIA GPU" in \
         verdicts.loc["inference_ranking", "reason"]
     # capabilities, not setups: three JAX variants of data parallelism count once
