@@ -1,5 +1,6 @@
 # The course's commands. Each creates .venv from requirements.lock on first use.
-#   make course [PROFILE=full|smoke] [LESSONS="00 01"]   student edition, execute the lessons, build the site
+#   make course [PROFILE=full|smoke] [LESSONS="00 01"]   plan blocks, student edition, execute the lessons,
+#                                                        build the site, record the lessons' running times
 #   make test                                            the whole test suite (what CI runs)
 #   make test-fast                                       unit tests only, under 2 minutes
 #   make test-colab [PYTHON313=...] [LESSONS="02 10"]   every lesson on Colab's own versions
@@ -31,8 +32,10 @@ $(STAMP): requirements.lock pyproject.toml
 	@touch $(STAMP)
 
 course: $(STAMP)
+	$(PY) -m course_tools plan
 	$(PY) -m course_tools student
-	$(PY) -m course_tools course --profile $(PROFILE) $(if $(LESSONS),--lessons $(LESSONS),)
+	$(PY) -m course_tools course --profile $(PROFILE) $(if $(LESSONS),--lessons $(LESSONS),); status=$$?; \
+	  $(PY) -m course_tools plan --update-times build/results && $(PY) -m course_tools student && exit $$status
 
 # Debian's chromium for the site's browser test (tests/test_site_browser.py) and bubblewrap,
 # the sandbox of every graded kernel (docs/instructors.md): installed with apt-get when missing

@@ -6,6 +6,8 @@ Commands:
   assign   write each student's release of the lessons (docs/instructors.md)
   grade    grade the returned notebooks: grades.csv, feedback per student
   student  write the student edition student/ from notebooks/ (--check: report drift)
+  plan     write each lesson's Plan block and summary cell from data/lessons.toml and the
+           measured times (--check: report drift; --update-times DIR: add a run's times)
   bench    lesson 09's training-step benchmarks outside Jupyter (bench --help)
 """
 
@@ -101,6 +103,32 @@ def _student(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from course_tools import plan
+
+    try:
+        if args.update_times:
+            changed = plan.update_times(args.update_times)
+            print(f"{plan.TIMES_FILE.name}: {len(changed)} time(s) added or updated from "
+                  f"{args.update_times}")
+        if args.check:
+            problems = plan.drift(args.notebooks)
+            if problems:
+                print("the lessons' plan blocks are out of date (run: python -m course_tools "
+                      "plan, then python -m course_tools student):", *problems, sep="\n  ",
+                      file=sys.stderr)
+                return 1
+            print(f"the plan blocks of {args.notebooks}/ match data/lessons.toml")
+            return 0
+        changed_files = plan.write(args.notebooks, lessons=args.lessons)
+    except plan.PlanError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"plan blocks: {len(changed_files)} lesson(s) rewritten"
+          + (" (now run: python -m course_tools student)" if changed_files else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m course_tools", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -172,6 +200,19 @@ def build_parser() -> argparse.ArgumentParser:
                          help="write nothing; exit 1 when the folder differs from a fresh "
                               "edition")
     student.set_defaults(func=_student)
+
+    plan = sub.add_parser("plan", help="write the lessons' Plan blocks and summary cells")
+    plan.add_argument("--notebooks", default="notebooks", help="folder of the lessons")
+    plan.add_argument("--lessons", nargs="*", metavar="NN",
+                      help="lesson numbers (default: all), e.g. --lessons 00 01")
+    plan.add_argument("--check", action="store_true",
+                      help="write no notebook; exit 1 when a lesson's blocks differ from the "
+                           "data")
+    plan.add_argument("--update-times", metavar="DIR",
+                      help="first add the lesson times of a run to data/lesson-times.json: "
+                           "a course results folder (build/results) or a Colab lane folder "
+                           "(build/colab)")
+    plan.set_defaults(func=_plan)
 
     from course_tools import bench_cli  # standard library only at import time
 

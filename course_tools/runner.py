@@ -2,13 +2,15 @@
 
 Outputs (under ``--out``, default ``build/``):
 - ``notebooks/``: the executed notebooks (written even when a lesson fails, with its error);
-- ``results/``: the records the lessons made (see :mod:`course_lib.results`);
+- ``results/``: the records the lessons made (see :mod:`course_lib.results`) and
+  ``lesson-runs.json``, each lesson's measured running time (:func:`record_lesson_time`; ``python
+  -m course_tools plan --update-times build/results`` copies it into ``data/lesson-times.json``);
 - ``logs/<run>/``: each lesson's full log ``NN_name.log`` (everything its kernel and papermill
   wrote: cell outputs, warnings, the C++ notices of the frameworks, a failure's traceback) and
   the site build's ``site.log``; ``<run>`` is the UTC start time and the run id;
 - ``site/``: the course website (Sphinx, MyST-NB, sphinx-book-theme; static, offline, works
-  from the file system): the executed lessons in order, a front page with each lesson's status
-  and key results, lesson 12's decision matrix and the recorded results, and the pages of
+  from the file system): the executed lessons in order, a front page with each lesson's status,
+  prerequisites, reading and running time and key results (small charts), lesson 12's decision matrix and the recorded results, and the pages of
   ``docs/`` (instructors). See :func:`build_site`.
 
 The terminal gets one line per lesson (a tqdm progress bar over the lesson's code cells while
@@ -187,6 +189,55 @@ def _execute(path: Path, out_dir: Path, profile: str, timeout_s: int | None,
     return LessonRun(path.name[:2], path.stem, status, seconds, error, out, log_path)
 
 
+LESSON_RUNS_FILE = "lesson-runs.json"  # course_tools.plan.RUNS_FILE
+
+
+def record_lesson_time(results_dir: Path, run: LessonRun, *, profile: str, run_id: str,
+                       hardware: str | None = None) -> Path:
+    """Append ``run``'s wall-clock time to ``results_dir/lesson-runs.json`` (a JSON list,
+    rewritten atomically; a .json file, so :func:`course_lib.results.read_results`, which reads
+    ``*.jsonl``, never mistakes it for records) and return its path.
+
+    Each entry: ``lesson``, ``name``, ``status`` ("ok" | "failed"), ``seconds`` (float, wall
+    clock from papermill's start to its end, kernel start included), ``profile``, ``lane``
+    ("course"), ``hardware`` (default :func:`course_lib.runtime.device_description`), ``date``
+    (when it ended, UTC, ``YYYY-MM-DDTHH:MM:SS``), ``run_id``, ``load_average`` (1-minute, as the lesson ended; None where
+    the OS has none). ``python -m course_tools plan --update-times`` copies the
+    passed lessons' times into ``data/lesson-times.json``. A file that is not such a list is
+    kept beside as ``lesson-runs.json.bad`` and a new list started.
+    """
+    import json
+
+    from course_lib.paths import write_text_atomic
+
+    path = Path(results_dir) / LESSON_RUNS_FILE
+    entries: list = []
+    if path.is_file():
+        try:
+            entries = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(entries, list):
+                raise ValueError("not a list")
+        except ValueError:
+            os.replace(path, path.with_name(LESSON_RUNS_FILE + ".bad"))
+            entries = []
+    entries.append({
+        "lesson": run.lesson, "name": run.name, "status": run.status,
+        "seconds": round(run.seconds, 1), "profile": profile, "lane": "course",
+        "hardware": hardware or runtime.device_description(),
+        "date": f"{_dt.datetime.now(_dt.UTC):%Y-%m-%dT%H:%M:%S}", "run_id": run_id,
+        "load_average": _load_average()})
+    return write_text_atomic(path, json.dumps(entries, indent=1) + "\n")
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average as the lesson ends (how busy the machine was: a lesson
+    timed on a shared machine is slower than on a quiet one); None where the OS has none."""
+    try:
+        return round(os.getloadavg()[0], 1)
+    except (AttributeError, OSError):
+        return None
+
+
 def _runs(cell) -> bool:
     """Whether nbclient executes ``cell`` (a code cell with some source)."""
     return cell.cell_type == "code" and bool(cell.source.strip())
@@ -342,7 +393,15 @@ def write_site_sources(runs: list[LessonRun], src: Path, results_dir: Path, prof
     docs.append(claims_page.write_page(src, results_dir))
     solution_pages = (solutions.write_pages(notebooks_dir, src, lessons=sorted(pages))
                       if notebooks_dir is not None else [])
-    index = front_page(runs, pages, colab, results_dir, profile, docs, titles, solution_pages)
+    from course_tools import plan as lesson_plan
+
+    counts = {}
+    for run in runs:
+        if run.output and Path(run.output).is_file():
+            counts[run.lesson] = lesson_plan.word_counts(nbformat.read(run.output, as_version=4))
+    index = front_page(runs, pages, colab, results_dir, profile, docs, titles, solution_pages,
+                       charts_dir=src / CHARTS_DIR, plans=lesson_plan.load_plans(),
+                       times=lesson_plan.load_times(), counts=counts)
     nbformat.write(index, src / "index.ipynb")
     return (list(dict.fromkeys(pages[r.lesson] for r in runs if r.lesson in pages)) + docs
             + solution_pages)
@@ -383,12 +442,23 @@ def _hardware(frame) -> list[str]:
 
 def front_page(runs: list[LessonRun], pages: dict[str, str], colab: dict[str, str],
                results_dir: Path, profile: str, docs: list[str],
-               titles: dict[str, str] | None = None, solution_pages: list[str] | None = None):
+               titles: dict[str, str] | None = None, solution_pages: list[str] | None = None,
+               *, charts_dir: Path | None = None, plans: dict | None = None,
+               times: list | None = None, counts: dict | None = None):
     """The front page as a notebook (rendered by MyST-NB like the lessons): introduction,
     badges, the lessons table, the decision matrix of lesson 12, the recorded results and the
     (hidden) navigation trees. ``pages`` maps lesson ids to document names, ``colab`` lesson
     ids to their "Open in Colab" links, ``titles`` lesson ids to their titles; ``docs`` are
-    the extra pages (instructors first)."""
+    the extra pages (instructors first).
+
+    The lessons table shows per lesson (see :func:`_lessons_table`): its status and time in
+    this run; with ``plans`` (:func:`course_tools.plan.load_plans`) the lessons it builds on;
+    with ``counts`` (lesson -> :class:`course_tools.plan.Counts`) its reading time; with
+    ``times`` (:func:`course_tools.plan.load_times`) its measured running time per profile;
+    and its key results (records made with ``key=True``) as a small bar chart written to
+    ``charts_dir/lesson-NN.svg`` (an image whose alt text states every value), or as text
+    when ``charts_dir`` is None, or the error of a failed lesson, or "no key result
+    recorded"."""
     import nbformat
 
     frame = _results.read_results(results_dir)
@@ -412,7 +482,8 @@ def front_page(runs: list[LessonRun], pages: dict[str, str], colab: dict[str, st
         f"(the `{profile}` profile), with every figure they recorded; the results come from "
         f"{hardware}. Each lesson opens in Colab from its badge; Binder runs the whole course "
         f"in the browser.{badges}{instructors}"))
-    cells.append(md(_lessons_table(runs, pages, colab, frame, titles or {})))
+    cells.append(md(_lessons_table(runs, pages, colab, frame, titles or {}, charts_dir=charts_dir,
+                                   plans=plans, times=times, counts=counts)))
     cells.extend(_decision_matrix_cells(runs, pages))
     cells.extend(_results_cells(frame))
     toc = ["```{toctree}", ":hidden:", ":caption: Lessons", ""]
@@ -441,22 +512,126 @@ def _cell_text(text: str) -> str:
     return html.escape(" ".join(str(text).split())).replace("|", "&#124;")
 
 
-def _lessons_table(runs, pages, colab, frame, titles) -> str:
+CHARTS_DIR = Path("_static") / "charts"  # the key-result charts, under the site sources
+
+
+def _lessons_table(runs, pages, colab, frame, titles, *, charts_dir: Path | None = None,
+                   plans: dict | None = None, times: list | None = None,
+                   counts: dict | None = None) -> str:
+    """The front page's table of lessons (Markdown); see :func:`front_page`."""
+    from course_tools import plan as lesson_plan
+
+    plans = plans or {}
     lines = ["## The lessons", "",
-             "| # | lesson | status | time | key results, or the error | |",
-             "|---|---|---|---|---|---|"]
+             "Reading time: prose at 238 words per minute (Brysbaert 2019), code at 50 (an "
+             "assumption). Running time: this run, and the last measured runs of each profile "
+             "(`data/lesson-times.json`).", "",
+             "| # | lesson | status | builds on | time | key results, or the error | |",
+             "|---|---|---|---|---|---|---|"]
     for run in runs:
         title = _cell_text(titles.get(run.lesson) or run.name[3:].replace("_", " "))
         name = f"[{title}]({pages[run.lesson]}.ipynb)" if run.lesson in pages else title
         status = f'<span class="course-{html.escape(run.status)}">{html.escape(run.status)}</span>'
         if run.status != "ok" and run.lesson not in pages:
             status += " (no page: the lesson did not produce a notebook)"
-        detail = _cell_text(run.error if run.error else key_results(frame, run.lesson))
+        plan = plans.get(run.lesson)
+        before = ""
+        if plan is not None:
+            before = ", ".join(
+                (f"[{p.lesson}]({pages[p.lesson]}.ipynb)" if p.lesson in pages else p.lesson)
+                for p in plan.prerequisites) or "none"
+        time_parts = [f"this run: {run.seconds:.0f} s"]
+        if counts and run.lesson in counts:
+            c = counts[run.lesson]
+            time_parts.append(f"reading: about "
+                              f"{lesson_plan._round_minutes(c.prose_minutes + c.code_minutes)} min")
+        if times is not None:
+            time_parts += lesson_plan.running_summary(run.lesson, times)
+        if run.error:
+            detail = _cell_text(run.error)
+        else:
+            chart = (_key_results_chart(frame, run.lesson, charts_dir)
+                     if charts_dir is not None else None)
+            if chart is not None:
+                src, alt = chart
+                detail = (f'<img src="{html.escape(src)}" alt="{html.escape(alt)}" '
+                          'class="course-chart" style="width: 16em; max-width: none"/>')
+            else:
+                detail = _cell_text(key_results(frame, run.lesson) or "no key result recorded")
         link = (f"[![Open in Colab](_static/colab-badge.svg)]({colab[run.lesson]})"
                 if run.lesson in colab else "")
-        lines.append(f"| {run.lesson} | {name} | {status} | {run.seconds:.0f} s | {detail} | "
+        when = "<br/>".join(f'<span style="white-space: nowrap">{_cell_text(x)}</span>'
+                            if len(x) < 24 else _cell_text(x) for x in time_parts)
+        lines.append(f"| {run.lesson} | {name} | {status} | {before} | {when} | {detail} | "
                      f"{link} |")
     return "\n".join(lines)
+
+
+def _key_result_label(row) -> str:
+    return "/".join(str(x) for x in (row["framework"], row["backend"], row["mode"])
+                    if isinstance(x, str) and x)
+
+
+def key_result_values(frame, lesson: str, *, metrics: int = 3,
+                      bars: int = 8) -> list[tuple[str, str, dict[str, float]]]:
+    """A lesson's headline records (``key=True``, newest of each kind) grouped for a chart:
+    ``[(metric, unit, {label: value})]``, at most ``metrics`` metrics in the order first
+    recorded and ``bars`` labels each (``framework/backend/mode``; a repeated label gets the
+    record's ``model`` or a number)."""
+    if frame.empty or "key" not in frame.columns:
+        return []
+    rows = _results.latest(frame[(frame["lesson"] == lesson) & (frame["key"] == True)])  # noqa: E712
+    grouped: dict[tuple[str, str], list] = {}
+    for _, row in rows.iterrows():
+        grouped.setdefault((str(row["metric"]), str(row["unit"])), []).append(row)
+    out = []
+    for (metric, unit), members in list(grouped.items())[:metrics]:
+        labels = [_key_result_label(row) or metric for row in members]
+        values: dict[str, float] = {}
+        for row, label in zip(members, labels, strict=True):
+            model = row.get("model")
+            if labels.count(label) > 1 and isinstance(model, str) and model:
+                label = f"{label} ({model})"
+            base, n = label, 2
+            while label in values:
+                label, n = f"{base} #{n}", n + 1
+            if len(values) < bars:
+                values[label] = float(row["value"])
+        out.append((metric, unit, values))
+    return out
+
+
+def chart_alt_text(lesson: str, groups) -> str:
+    """The alt text of a key-results chart: every value it shows, in words."""
+    parts = [f"{metric} in {unit}: " + ", ".join(f"{label} {value:.3g}"
+                                                for label, value in values.items())
+             for metric, unit, values in groups]
+    return f"Key results of lesson {lesson}. " + "; ".join(parts) + "."
+
+
+def _key_results_chart(frame, lesson: str, charts_dir: Path) -> tuple[str, str] | None:
+    """Draw ``lesson``'s key results (:func:`key_result_values`) as small bar charts, one
+    panel per metric, into ``charts_dir/lesson-NN.svg``; return (the image's path relative to
+    the site sources, its alt text), or None when the lesson recorded no key result."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    from course_lib import plotting
+
+    groups = key_result_values(frame, lesson)
+    if not groups:
+        return None
+    heights = [0.3 * sum(-(-len(label) // 24) for label in values) + 0.8  # 24: small_bars' wrap
+               for _, _, values in groups]
+    with matplotlib.rc_context({"svg.hashsalt": f"lesson-{lesson}", "svg.fonttype": "none"}):
+        fig = Figure(figsize=(4.2, sum(heights)), layout="constrained")
+        axes = fig.subplots(len(groups), 1, squeeze=False, height_ratios=heights)[:, 0]
+        for ax, (metric, unit, values) in zip(axes, groups, strict=True):
+            plotting.small_bars(values, unit=unit, title=metric, ax=ax)
+        Path(charts_dir).mkdir(parents=True, exist_ok=True)
+        path = Path(charts_dir) / f"lesson-{lesson}.svg"
+        fig.savefig(path, format="svg", metadata={"Date": None})
+    return f"{CHARTS_DIR.as_posix()}/{path.name}", chart_alt_text(lesson, groups)
 
 
 def _decision_matrix_cells(runs, pages) -> list:
@@ -675,6 +850,7 @@ def _run_course(paths, notebooks_dir, nb_dir, results_dir, site_dir, log_dir, *,
                 run = run_lesson(path, nb_dir, profile=profile, timeout_s=timeout_s,
                                  log_path=current, on_cell=update)
             runs.append(run)
+            record_lesson_time(results_dir, run, profile=profile, run_id=run_id)
             frame = _results.read_results(results_dir, lessons=[run.lesson])
             status = "ok" if run.status == "ok" else "FAILED"
             say(f"{label}  {status:<6} {run.seconds:7.1f} s  {_lesson_detail(run, frame, run_id)}")

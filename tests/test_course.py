@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,7 +88,9 @@ def test_course_keeps_going_names_failing_cell_and_exits_nonzero(lessons, tmp_pa
     assert -1 not in positions and positions == sorted(positions), positions
     for name in ("00_good", "01_broken", "02_after"):
         assert (site / f"{name}.html").is_file()
-    assert "answer[numpy]=42 units" in index and "course-failed" in index
+    # the key result as a chart whose alt text states it (issue 18 item 4: charts, not strings)
+    assert 'alt="Key results of lesson 00. answer in units: numpy 42."' in index
+    assert (site / "_static" / "charts" / "lesson-00.svg").is_file() and "course-failed" in index
     assert "lesson bug here" in index and "Lesson 12 was not run" in index
     broken = (site / "01_broken.html").read_text()
     assert "failed" in broken and "RuntimeError" in broken and "papermill-error" not in broken
@@ -308,3 +311,74 @@ def test_a_bug_in_the_site_code_still_prints_the_summary(lessons, tmp_path, monk
     assert (f"Site: NOT BUILT (NameError: name 'paths' is not defined; see {logs / 'site.log'})"
             in out)
     assert "Traceback" in (logs / "site.log").read_text()
+
+
+def test_front_page_draws_key_results_as_charts_with_alt_text(tmp_path):
+    """Issue 18 item 4: per lesson the prerequisites, reading and running time, and the key
+    results as a small chart whose alt text states the values; text when nothing was recorded."""
+    from course_lib import results
+    from course_tools import plan
+
+    res = tmp_path / "res"
+    for framework, accuracy, seconds in (("torch", 0.9667, 1.25), ("jax", 0.8861, 2.5)):
+        results.record("02", "test_accuracy", accuracy, "fraction", framework=framework,
+                       mode="eager", key=True, results_dir=res)
+        results.record("02", "fit_time", seconds, "s", framework=framework, mode="eager",
+                       key=True, results_dir=res)
+    results.record("02", "not_a_headline", 7, "s", framework="torch", results_dir=res)
+    runs = [_run("00", "00_a"), _run("02", "02_b"), _run("03", "03_c", "failed",
+                                                         error="RuntimeError: boom")]
+    plans = {"02": plan.LessonPlan("02", (plan.Prerequisite("00", "seeding"),), ("x",), "m",
+                                   (plan.Link("Docs", "https://docs.python.org/3/"),))}
+    times = [plan.Timing("02", "smoke", "course", "CPU: T (2 cores); GPU: none", 95.0,
+                         "2026-12-03")]
+    counts = {"02": plan.Counts(prose=238 * 4, code=50 * 3)}
+    charts = tmp_path / "src" / course.CHARTS_DIR
+    index = course.front_page(runs, {"00": "00_a", "02": "02_b"}, {}, res, "smoke", [],
+                              charts_dir=charts, plans=plans, times=times, counts=counts)
+    table = next(c.source for c in index.cells if "## The lessons" in c.source)
+    row = next(line for line in table.splitlines() if line.startswith("| 02 |"))
+    assert "| [00](00_a.ipynb) |" in row  # builds on lesson 00, linked
+    assert re.sub(r"<span[^>]*>|</span>", "", row).count(
+        "| this run: 2 s<br/>reading: about 7 min<br/>smoke: 1 min 35 s (T (2 cores), no GPU)"
+        "<br/>full: not measured yet |") == 1
+    assert '<img src="_static/charts/lesson-02.svg"' in row
+    alt = re.search(r'alt="([^"]*)"', row).group(1)
+    assert alt == ("Key results of lesson 02. test_accuracy in fraction: torch/eager 0.967, "
+                   "jax/eager 0.886; fit_time in s: torch/eager 1.25, jax/eager 2.5.")
+    assert "not_a_headline" not in row and "test_accuracy[" not in row  # a chart, not a string
+    svg = (charts / "lesson-02.svg").read_text()
+    assert svg.startswith("<?xml") and "test_accuracy" in svg and "torch/eager" in svg
+    assert "0.967" in svg and "2.5" in svg  # the values are printed on the bars
+    assert not (charts / "lesson-00.svg").exists()  # nothing recorded: no chart ...
+    assert "| no key result recorded |" in next(
+        line for line in table.splitlines() if line.startswith("| 00 |"))  # ... but text
+    failed = next(line for line in table.splitlines() if line.startswith("| 03 |"))
+    assert "RuntimeError: boom" in failed and "<img" not in failed
+    # without a folder for charts, the text of the key results stays
+    text = course.front_page(runs, {}, {}, res, "smoke", [])
+    assert "test_accuracy[torch/eager]=0.9667 fraction" in "\n".join(c.source for c in text.cells)
+
+
+def test_small_bars_prints_values_and_refuses_bad_input():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from course_lib import plotting
+
+    ax = Figure().subplots()
+    plotting.small_bars({"a": 1e-6, "b": 2e-3}, unit="s", title="latency", ax=ax)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b"]
+    assert [t.get_text() for t in ax.texts] == ["1e-06", "0.002"]
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "s"  # values 2000x apart
+    ax = Figure().subplots()
+    plotting.small_bars({"a": 0.0, "b": 0.5}, unit="fraction", ax=ax)
+    assert ax.get_xscale() == "linear"
+    for values, message in (({}, "at least one"), ({"a": float("nan")}, "finite"),
+                            ({"a": "x"}, "must be a number")):
+        with pytest.raises(ValueError, match=message):
+            plotting.small_bars(values, unit="s", ax=Figure().subplots())
+    with pytest.raises(ValueError, match="logx needs values > 0"):
+        plotting.small_bars({"a": 0.0}, unit="s", logx=True, ax=Figure().subplots())

@@ -67,7 +67,12 @@ def _notebook(path: Path, *cells, title: str):
 PLOT = """%matplotlib inline
 from course_lib import plotting, results
 ax = plotting.plot_curves({"loss": [1.0, 0.5, 0.3, 0.2]}, ylabel="loss (nats)")
+plotting.show_figure(ax.figure, alt="fixture-alt: one loss curve falling from 1.0 to 0.2")
+graph = plotting.draw_graph({"a": "x", "b": "x @ kernel"}, [("a", "b")])
+plotting.show_figure(graph.figure, alt="fixture-alt: a graph of two boxes")
 results.record("03", "final_loss", 0.2, "nats", framework="numpy", key=True)"""
+
+PLUMBING_CELL = 'results.record("03", "plumbing_fixture", 1.0, "count", framework="numpy")'
 
 MATRIX = """%matplotlib inline
 import pandas as pd
@@ -76,7 +81,8 @@ frame = pd.DataFrame({"framework": ["torch", "jax"], "scenario": ["research"] * 
                       "value": [0.8, 0.7]})
 display(pd.DataFrame({"framework": ["torch", "jax"], "score": [0.8, 0.7]})
         .style.set_caption("decision-matrix-fixture"))
-ax = plotting.grouped_bars(frame, group="scenario", series="framework", unit="score")"""
+ax = plotting.grouped_bars(frame, group="scenario", series="framework", unit="score")
+plotting.show_figure(ax.figure, alt="fixture-alt: scores of torch and jax for research")"""
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +94,8 @@ def site(tmp_path_factory):
     src, executed, res = base / "notebooks", base / "executed", base / "results"
     for folder in (src, executed, res):
         folder.mkdir()
-    _notebook(src / "03_plot.ipynb", PLOT, title="03 · A plot")
+    _notebook(src / "03_plot.ipynb", PLOT, ("code", PLUMBING_CELL, ["hide-input"]),
+              title="03 · A plot")
     _notebook(src / "05_broken.ipynb", "x = 1", "raise RuntimeError('lesson bug here')",
               title="05 · Broken")
     _notebook(src / "12_decision_matrix.ipynb", ("code", MATRIX, ["front-page"]),
@@ -176,9 +183,23 @@ def _open(context, url: str):
 
 
 def _images(page) -> list[dict]:
+    """Every ``<img>`` of the page's article: its src, whether it loaded, and its alt text."""
     return page.eval_on_selector_all(
         "article img", "els => els.map(e => ({src: e.getAttribute('src'), "
-        "ok: e.complete && e.naturalWidth > 0}))")
+        "ok: e.complete && e.naturalWidth > 0, alt: (e.getAttribute('alt') || '').trim()}))")
+
+
+def _is_plot(image: dict) -> bool:
+    """A figure drawn by a lesson: a PNG file written by MyST-NB, or plotting.show_figure's
+    PNG data URI (which carries the figure's alt text)."""
+    src = image["src"] or ""
+    return src.endswith(".png") or src.startswith("data:image/png")
+
+
+def _assert_alt_text(name: str, images: list[dict]):
+    """Every image has a text alternative (issue 18: every figure has alt text)."""
+    missing = [i["src"][:80] for i in images if not i["alt"]]
+    assert not missing, f"{name}: <img> without alt text: {missing}"
 
 
 def _shot(page, name: str, full: bool = False):
@@ -198,8 +219,10 @@ def test_front_page_lists_lessons_matrix_and_results(site, browser, server):
     images = _images(page)
     assert any(i["src"].endswith("binder-badge.svg") for i in images)
     assert any(i["src"].endswith("colab-badge.svg") for i in images)
-    assert any(i["src"].endswith(".png") for i in images), images  # the matrix's plot
+    assert any(_is_plot(i) for i in images), images  # the matrix's plot
     assert all(i["ok"] for i in images), images
+    _assert_alt_text("front page", images)
+    assert any(i["alt"].startswith("fixture-alt: scores") for i in images), images
     binder = page.get_attribute("a:has(img[src$='binder-badge.svg'])", "href")
     assert binder.startswith("https://mybinder.org/v2/gh/")
     _shot(page, "index", full=True)
@@ -207,15 +230,21 @@ def test_front_page_lists_lessons_matrix_and_results(site, browser, server):
     page.close()
 
 
-def test_every_lesson_page_loads_with_its_plots_and_no_console_errors(site, browser, server):
+def test_every_lesson_page_loads_with_its_plots_alt_text_and_no_console_errors(site, browser,
+                                                                               server):
     site_dir, runs = site
     for run in runs:
         page, problems = _open(browser, server + f"{run.name}.html")
         assert run.name[3:].replace("_", " ").lower() in page.title().lower()
         images = _images(page)
         assert all(i["ok"] for i in images), (run.name, images)
+        _assert_alt_text(run.name, images)
         if run.lesson in ("03", "12"):  # executed with a plot
-            assert any(i["src"].endswith(".png") for i in images), (run.name, images)
+            assert any(_is_plot(i) for i in images), (run.name, images)
+        if run.lesson == "03":  # show_figure's alt text reaches the page, one per figure
+            assert sorted(i["alt"] for i in images if i["alt"].startswith("fixture-alt")) == [
+                "fixture-alt: a graph of two boxes",
+                "fixture-alt: one loss curve falling from 1.0 to 0.2"], images
         if run.lesson in ("00", "09"):  # the lessons' own Colab badge, as a local copy
             assert any(i["src"].endswith("colab-badge.svg") for i in images), images
         if run.status == "failed":
@@ -260,4 +289,24 @@ def test_site_works_from_the_file_system(site, browser):
     assert images and all(i["ok"] for i in images), images
     _shot(page, "file-url")
     assert problems == [] and browser.outside == []
+    page.close()
+
+
+def test_plumbing_cells_are_collapsed_and_explained_once(site, browser, server):
+    """A cell tagged ``hide-input`` shows as a closed <details> whose code is hidden until
+    clicked; the appendix page that explains such cells (docs/plumbing.md) is on the site."""
+    page, problems = _open(browser, server + "03_plot.html")
+    hidden = page.locator("details.above-input", has_text="plumbing_fixture")
+    assert hidden.count() == 1
+    assert hidden.get_attribute("open") is None  # collapsed
+    code = hidden.locator("pre", has_text="plumbing_fixture")
+    assert not code.is_visible()
+    hidden.locator("summary").click()
+    assert code.is_visible()
+    assert page.locator("pre:visible", has_text="show_figure").count() >= 1  # lesson code stays open
+    page.close()
+    page, more = _open(browser, server + "plumbing.html")
+    assert "plumbing" in page.inner_text("article h1").lower()
+    assert "hide-input" in page.inner_text("article")
+    assert problems == [] and more == [] and browser.outside == []
     page.close()
