@@ -3,7 +3,9 @@
 One grading run (a lesson written here, NumPy only, so each kernel starts in seconds) grades
 one submission per trick of the issue, every trick with *wrong* answers, plus the honest edge
 cases; the tests below are assertions on that one run. Needs bubblewrap (``make test``
-installs it).
+installs it). Every question of the lesson is decided by the trusted check (a second kernel
+that never runs student code, :mod:`course_tools.grading.observe`), including the red
+team's attacks that beat the in-kernel probe.
 """
 
 from __future__ import annotations
@@ -86,13 +88,36 @@ def _tracer(frame, event, arg):
 sys.settrace(_tracer)""",
 }
 TRICK_ANSWERS = {**WRONG, "ex3_solution": "values[:] = 0\ntotal = 0"}
+
+
+def _red_team() -> dict:
+    """The red team's attacks that beat the in-kernel probe (tests/fixtures/redteam/
+    make_submissions.py, written for lessons 00 and 04; the code is generic): each still
+    fools the student's own kernel, and the trusted check must score it 0."""
+    import importlib.util
+
+    path = ROOT / "tests" / "fixtures" / "redteam" / "make_submissions.py"
+    spec = importlib.util.spec_from_file_location("redteam_submissions", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return {"evt": module.EVT, "clos": module.CLOS, "comp": module.COMP,
+            "handler": module.HANDLER,
+            # pdpatch's idea on this lesson: an internal of a watched library that is not
+            # watched itself (np.isclose looks less_equal up in numpy._core.numeric)
+            "internals": "import numpy._core.numeric as _numeric\n"
+                         "_numeric.less_equal = lambda *a, **k: True\n"}
+
+
+RED_TEAM = _red_team()
 # the red team's leak (issue 16, G): the answer's function, called by the tests, reads the
 # tests cell's source (hidden tests included) and hides it, base64 in chunks, in the names of
 # added built-ins, a shell attribute, an event and a refused path, which were echoed
 LEAK_THROUGH_NAMES = """import base64, builtins, linecache, os, sys
 def double(x):
     frame = sys._getframe(1)
-    source = "".join(linecache.getlines(frame.f_code.co_filename))
+    while frame is not None and not linecache.getlines(frame.f_code.co_filename):
+        frame = frame.f_back  # past any wrapper, up to the tests cell that called
+    source = "".join(linecache.getlines(frame.f_code.co_filename)) if frame else ""
     enc = base64.b64encode(source.encode()).decode().replace("/", "_").replace("+", "_")
     for i in range(0, len(enc), 36):
         builtins.__dict__[f"L{i:04d}_{enc[i:i + 36]}"] = 0
@@ -233,10 +258,14 @@ def graded(tmp_path_factory):
     adversarial_lesson(notebooks)
     adversarial_lesson(notebooks, "08", "other")
     # bomb first: its kernel holds all the threads it may while the next kernels start
-    ids = (["bomb"] * (os.geteuid() == 0) + ["good", "wrong", "no_ids", "edited_roster", "wrong_lesson", "sigint", "builtin_name",
-            "leaky", "probe", "killer", "symlink_passwd", "symlink_lesson", "hardlink_lesson",
-            "big_name", "leak_names", "honest_format", "honest_rich"]
-           + [f"trick_{name}" for name in TRICKS])
+    # one student per case, several honest cases per student where they do not interact
+    # (each graded notebook costs a kernel, and one more for the trusted check)
+    ids = (["bomb"] * (os.geteuid() == 0) + ["good", "wrong", "edited_roster", "wrong_lesson",
+                                             "sigint", "leaky", "killer", "symlink_passwd",
+                                             "symlink_lesson", "hardlink_lesson", "big_name",
+                                             "leak_names", "honest_format"]
+           + [f"trick_{name}" for name in TRICKS]
+           + [f"trick_redteam_{name}" for name in RED_TEAM])
     assign_roster = base / "assign.csv"
     assign_roster.write_text("id,name,FACTOR\n" + "".join(
         f"{i},{i},{3 if i == 'edited_roster' else ''}\n" for i in ids))
@@ -259,24 +288,19 @@ def graded(tmp_path_factory):
 
     _submit(rel("good"), target("good"), CORRECT)
     _submit(rel("wrong"), target("wrong"), WRONG)
-    no_ids = _submit(rel("no_ids"), target("no_ids"), CORRECT)
+    # the roster edited since assign, and a notebook written without cell ids (older Jupyter)
+    no_ids = _submit(rel("edited_roster"), target("edited_roster"), CORRECT)
     raw = json.loads(no_ids.read_text())
     raw["nbformat_minor"] = 4
     for cell in raw["cells"]:
         cell.pop("id", None)
     no_ids.write_text(json.dumps(raw))
-    _submit(rel("edited_roster"), target("edited_roster"), CORRECT)
     _submit(rel("wrong_lesson", "08_other.ipynb"), target("wrong_lesson"),
             CORRECT)
     _submit(rel("sigint"), target("sigint"), {
         **CORRECT, "ex3_solution": "import signal, time\nsignal.signal(signal.SIGINT, "
         "signal.SIG_IGN)\nwhile True:\n    time.sleep(0.05)"})
-    _submit(rel("builtin_name"), target("builtin_name"), {
-        **CORRECT, "ex3_solution": "max = 3\nlist = [1]\ntotal = int(values.sum())"})
-    _submit(rel("leaky"), target("leaky"), _leak_answers(paths))
-    probe_answers = _leak_answers(paths)
-    _submit(rel("probe"), target("probe"), {**CORRECT,
-                                             "ex3_solution": probe_answers["ex3_solution"]})
+    _submit(rel("leaky"), target("leaky"), _leak_answers(paths))  # ex3 probes the sandbox
     _submit(rel("killer"), target("killer"), {
         **WRONG, "ex1_solution": "import os, signal\nfor _pid in (os.getppid(), 1):\n    try:\n"
         "        os.kill(_pid, signal.SIGKILL)\n    except OSError:\n        pass\n"
@@ -292,10 +316,11 @@ def graded(tmp_path_factory):
         "{})('return FACTOR * x')"})
     _submit(rel("leak_names"), target("leak_names"), {**WRONG,
                                                        "ex1_solution": LEAK_THROUGH_NAMES})
-    _submit(rel("honest_format"), target("honest_format"),
-            {**CORRECT, "ex1_solution": HONEST_FORMAT})
-    _submit(rel("honest_rich"), target("honest_rich"), {**CORRECT, "ex1_solution": HONEST_RICH})
-    for trick, code in TRICKS.items():
+    # honest: a helper `format`, rich's traceback hook, built-in names reused as variables
+    _submit(rel("honest_format"), target("honest_format"), {
+        **CORRECT, "ex1_solution": HONEST_RICH.replace(CORRECT["ex1_solution"], HONEST_FORMAT),
+        "ex3_solution": "max = 3\nlist = [1]\ntotal = int(values.sum())"})
+    for trick, code in {**TRICKS, **{f"redteam_{k}": v for k, v in RED_TEAM.items()}}.items():
         answers = dict(TRICK_ANSWERS)
         answers["ex1_solution"] = code + "\n" + answers["ex1_solution"]
         _submit(rel(f"trick_{trick}"), target(f"trick_{trick}"), answers)
@@ -343,6 +368,43 @@ def test_the_run_completes_for_every_student_in_the_sandbox(graded):
 def test_every_trick_with_wrong_answers_scores_zero(graded, trick):
     g = graded["grades"][f"trick_{trick}"]
     assert g.total == 0, (trick, g.reason)
+
+
+@slow
+@pytest.mark.parametrize("trick", sorted(RED_TEAM))
+def test_the_red_teams_attacks_fool_the_students_kernel_but_score_zero(graded, trick):
+    """Issue 16, the trusted check: each attack still makes a tests cell pass in the
+    student's own kernel (the in-process probe cannot win), yet every question is decided by
+    the trusted kernel, which ran none of the student's code, and scores 0."""
+    student = f"trick_redteam_{trick}"
+    g = graded["grades"][student]
+    assert g.total == 0, (trick, g.reason)
+    nb = nbformat.read(graded["out"] / "graded" / student / "07_adv.ipynb", as_version=4)
+    fooled = [grading._grade_id(c) for c in nb.cells
+              if (grading._grade_id(c) or "").endswith("_tests") and c.get("execution_count")
+              and not any(o.get("output_type") == "error" for o in c.outputs)]
+    assert fooled, (trick, "the attack no longer fools the student's kernel: use a stronger one")
+    assert "passed in the student's own kernel but failed the trusted check" in g.reason, g.reason
+    notes = g.lessons[0].notes
+    assert any(n.startswith("graded by the trusted check") and "ex1, ex2, ex3, ex4" in n
+               for n in notes), notes
+
+
+@slow
+def test_every_question_of_the_class_lesson_is_decided_by_the_trusted_check(graded):
+    """Every question of the adversarial lesson is replayable: for the honest and the wrong
+    student alike the verdict comes from the trusted kernel, whose notebook is kept for the
+    instructor next to the student's."""
+    for student in ("good", "edited_roster", "honest_format"):
+        notes = graded["grades"][student].lessons[0].notes
+        assert any("graded by the trusted check" in n and "ex1, ex2, ex3, ex4" in n
+                   for n in notes), (student, notes)
+        assert not any(n.startswith("graded in your own kernel") for n in notes), notes
+        assert (graded["out"] / "graded" / student / "07_adv.trusted.ipynb").is_file()
+    # every tests cell failed in the wrong student's own kernel: nothing to confirm, so no
+    # trusted kernel was started (it saves one lesson run per failing notebook)
+    assert not (graded["out"] / "graded" / "wrong" / "07_adv.trusted.ipynb").exists()
+    assert graded["grades"]["wrong"].total == 0
 
 
 @slow
@@ -408,11 +470,10 @@ def test_a_thread_bomb_starves_no_other_kernel(graded):
 def test_honest_helpers_named_like_built_ins_and_rich_tracebacks_keep_their_points(graded):
     """Issue 16, J: ``def format`` used by the answer's own function stays (the tests never
     name ``format``); K: ``rich.traceback.install()`` is a note, not tampering."""
-    for student in ("honest_format", "honest_rich"):
-        g = graded["grades"][student]
-        assert g.status == "ok" and g.total == 6, (student, g.reason)
+    g = graded["grades"]["honest_format"]
+    assert g.status == "ok" and g.total == 6, g.reason
     assert not any("built-ins" in n for n in graded["grades"]["honest_format"].lessons[0].notes)
-    notes = graded["grades"]["honest_rich"].lessons[0].notes
+    notes = graded["grades"]["honest_format"].lessons[0].notes
     assert any("traceback display hook" in n and "showtraceback" in n for n in notes), notes
     shadow = graded["grades"]["trick_shadow_builtins"].lessons[0].notes
     assert any("set aside" in n and "isinstance" in n for n in shadow), shadow
@@ -428,7 +489,7 @@ def test_the_kernel_never_sees_hidden_tests_or_the_lesson(graded):
 
 @slow
 def test_the_sandbox_blocks_network_reads_writes_and_signals(graded):
-    probe = _outputs(graded, "probe", "ex3_solution")
+    probe = _outputs(graded, "leaky", "ex3_solution")
     for label in ("NET", "READ", "WRITE", "WRITEFD", "SIGNAL"):
         assert f"{label} BLOCKED" in probe, (label, probe)
     # the course repository shows only what the kernel needs: no lessons, build/, .git/
@@ -438,7 +499,7 @@ def test_the_sandbox_blocks_network_reads_writes_and_signals(graded):
         assert f"'{hidden}'" not in listing, (hidden, listing)
     assert not graded["outside"].exists()
     assert not (graded["outside"].parent / "escaped_fd.txt").exists()
-    assert graded["grades"]["probe"].total == 6
+    assert graded["grades"]["leaky"].total == 5  # ex2 raised what its hunt found
 
 
 @slow
@@ -467,7 +528,7 @@ def test_a_student_signalling_the_grader_stops_only_their_own_notebook(graded):
 @slow
 def test_honest_edge_cases_are_not_called_tampering(graded):
     grades = graded["grades"]
-    for student in ("no_ids", "edited_roster", "builtin_name"):
+    for student in ("edited_roster", "honest_format"):  # no cell ids / built-in names
         g = grades[student]
         assert g.status == "ok" and g.total == 6, (student, g.reason)
     assert "roster was edited since assign" in grades["edited_roster"].reason

@@ -440,6 +440,139 @@ def answer_names(lesson: Lesson) -> dict:
             for cell in lesson.nb.cells if cell.metadata.get("nbgrader", {}).get("solution")}
 
 
+def _top_level_stores(tree) -> set:
+    """The names a module's statements bind at its top level (assignments, ``for`` and
+    ``with`` targets, definitions, imports, walrus), not inside functions, classes, lambdas
+    or comprehensions."""
+    return {name for name, _, _ in _top_level_bindings(tree)}
+
+
+def _top_level_bindings(tree) -> list:
+    """``(name, first line, last line)`` of each top-level binding of :func:`_top_level_stores`
+    (a definition spans its whole body)."""
+    import ast
+
+    found: list = []
+    scoped = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.ListComp,
+              ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+    def visit(node):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                found.append((child.name, child.lineno, child.end_lineno or child.lineno))
+                continue
+            if isinstance(child, scoped):
+                continue
+            if isinstance(child, ast.Name) and isinstance(child.ctx, ast.Store | ast.Del):
+                found.append((child.id, child.lineno, child.end_lineno or child.lineno))
+            elif isinstance(child, ast.alias):
+                found.append(((child.asname or child.name).split(".")[0],
+                              getattr(child, "lineno", 0), getattr(child, "end_lineno", 0)))
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def _parse(source: str):
+    import ast
+
+    try:
+        return ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+
+
+def _free_reads(tree) -> set:
+    """The names ``tree`` reads (anywhere) that it never binds (anywhere, arguments
+    included): what it takes from the notebook's globals."""
+    import ast
+
+    loads: set[str] = set()
+    stores: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (loads if isinstance(node.ctx, ast.Load) else stores).add(node.id)
+        elif isinstance(node, ast.arg):
+            stores.add(node.arg)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            stores.add(node.name)
+        elif isinstance(node, ast.alias):
+            stores.add((node.asname or node.name).split(".")[0])
+    return loads - stores
+
+
+def _imported(tree) -> set:
+    import ast
+
+    return {(a.asname or a.name).split(".")[0] for node in ast.walk(tree)
+            if isinstance(node, ast.Import | ast.ImportFrom) for a in node.names}
+
+
+SOLUTION_BLOCK = re.compile(r"^[ \t]*###? BEGIN SOLUTION.*?^[ \t]*###? END SOLUTION[^\n]*$",
+                            re.MULTILINE | re.DOTALL)
+
+
+def exercise_plan(lesson: Lesson) -> dict:
+    """Per tests ``grade_id``, what the trusted check (issue 16) needs from the student's
+    kernel, computed from the instructor's lesson without running it:
+
+    - ``observed``: the names the tests cell (hidden tests included) reads from the notebook
+      that the instructor's solution (the ``BEGIN/END SOLUTION`` part of the answer cell,
+      or the whole cell if that part cannot be told apart) binds at top level, or that a
+      lesson cell between the answer and the tests binds (they derive from the answer); a
+      definition whose body holds the solution is the solution's, and so is what the given
+      lines after the solution bind;
+    - ``inputs``: the names the tests read that the answer cell reads but does not bind,
+      plus those that only the answer cell's given lines (outside the solution) bind: the
+      answer must not change them. Modules (names bound by an import anywhere in the
+      lesson) and built-ins are left out.
+
+    Lists are sorted. An unparsable cell contributes nothing. Raises nothing.
+    """
+    import builtins
+
+    cells = lesson.nb.cells
+    index = {grading._grade_id(c): i for i, c in enumerate(cells) if grading._grade_id(c)}
+    modules: set = set()
+    for cell in cells:
+        tree = _parse(cell.source) if cell.cell_type == "code" else None
+        if tree is not None:
+            modules |= _imported(tree)
+    skip = modules | set(dir(builtins))
+    plans: dict[str, Any] = {}
+    for ex in lesson.exercises:
+        answer_at, tests_at = index.get(ex.solution_id), index.get(ex.tests_id)
+        if answer_at is None or tests_at is None:
+            continue
+        answer, tests = _parse(cells[answer_at].source), _parse(cells[tests_at].source)
+        if answer is None or tests is None:
+            plans[ex.tests_id] = {"observed": [], "inputs": []}
+            continue
+        bound = _top_level_stores(answer)
+        source = cells[answer_at].source
+        blocks = [(source.count("\n", 0, m.start()) + 1, source.count("\n", 0, m.end()) + 1)
+                  for m in SOLUTION_BLOCK.finditer(source)]
+        if not blocks:  # no markers: the whole cell is the answer
+            given_bound, solution_bound = set(), bound
+        else:
+            # bound in the solution, or by given lines after it (derived from the answer)
+            solution_bound = {name for name, first, last in _top_level_bindings(answer)
+                              if any(first <= end and last >= start for start, end in blocks)
+                              or first > blocks[0][1]}
+            given_bound = bound - solution_bound
+        between: set = set()
+        for cell in cells[answer_at + 1:tests_at]:
+            tree = _parse(cell.source) if cell.cell_type == "code" else None
+            if tree is not None and not grading._grade_id(cell):
+                between |= _top_level_stores(tree)
+        reads = _free_reads(tests) - skip
+        observed = reads & (solution_bound | between)
+        inputs = reads & ((_free_reads(answer) - bound) | given_bound) - observed
+        plans[ex.tests_id] = {"observed": sorted(observed), "inputs": sorted(inputs)}
+    return plans
+
+
 # --------------------------------------------------------------------------- execution
 
 
@@ -556,7 +689,8 @@ def _read_untrusted(path: Path, limit: int) -> str:
 
 def execute_gradeable(nb, job_dir: Path, *, options: Options, hook_dir: Path,
                       deny_read: list, isolation: Isolation = Isolation.NONE, hidden=(),
-                      visible=(), keep=None) -> Execution:
+                      visible=(), keep=None, plans=None, trusted: Path | None = None
+                      ) -> Execution:
     """Run ``nb`` in a worker subprocess inside ``job_dir`` (its working folder and HOME are
     ``job_dir/work``) under the time limits of ``options``; never raises for what the notebook
     does. With ``isolation`` bubblewrap the kernel runs in the sandbox of
@@ -564,7 +698,11 @@ def execute_gradeable(nb, job_dir: Path, *, options: Options, hook_dir: Path,
     shows again; ``options.limits``), so it can write only ``work/``, its socket folder and
     the guard's log, none of which the grader trusts: the grader reads only what the worker
     (outside the sandbox) wrote. ``keep``: per answer ``grade_id``, the names the answer cell
-    may assign (:func:`answer_names`). The worker process and the kernel's process tree are
+    may assign (:func:`answer_names`). ``plans``: :func:`exercise_plan`; the kernel
+    exports the observations they name (issue 16, the trusted check) and the worker copies
+    them to ``job_dir/observations``. ``trusted``: a student job's ``observations`` folder:
+    this is then the trusted check's job (``nb`` is the instructor's lesson, no student
+    code), with those files copied into its working folder. The worker process and the kernel's process tree are
     killed at the notebook time limit (and any kernel left behind is killed at the end).
 
     When the grader is root each kernel runs as a user of its own (:func:`course_tools.
@@ -578,18 +716,25 @@ def execute_gradeable(nb, job_dir: Path, *, options: Options, hook_dir: Path,
     try:
         return _run_gradeable(nb, job_dir, options=options, hook_dir=hook_dir,
                               deny_read=deny_read, isolation=isolation, hidden=hidden,
-                              visible=visible, keep=keep, uid=uid)
+                              visible=visible, keep=keep, uid=uid, plans=plans,
+                              trusted=trusted)
     finally:
         sandbox_tools.release_uid(uid)  # after the kernel was killed: kills any leftover
 
 
 def _run_gradeable(nb, job_dir: Path, *, options: Options, hook_dir: Path, deny_read: list,
-                   isolation: Isolation, hidden, visible, keep, uid: int | None) -> Execution:
+                   isolation: Isolation, hidden, visible, keep, uid: int | None,
+                   plans=None, trusted: Path | None = None) -> Execution:
     """:func:`execute_gradeable` with the kernel's user ``uid`` (None: ``nobody`` or the
     grader's own user)."""
     job_dir.chmod(0o711)  # the sandbox's user must reach its bound folders, list nothing
     sandbox = job_dir / "work"
     sandbox.mkdir(parents=True)
+    if trusted is not None:
+        from course_tools.grading.worker import OBSERVED, _copy_observation
+
+        for part in sorted(trusted.glob("*.json")) if trusted.is_dir() else []:
+            _copy_observation(part.with_suffix(""), sandbox / OBSERVED / part.stem)
     log_dir = job_dir / "log"
     log_dir.mkdir()
     log = log_dir / "refused.log"
@@ -616,7 +761,8 @@ def _run_gradeable(nb, job_dir: Path, *, options: Options, hook_dir: Path, deny_
         "kernel_argv": kernel_argv,
         "kernel_uid": (uid if uid is not None else sandbox_tools.kernel_uid())
         if kernel_argv else None,
-        "keep": keep or {}}))
+        "keep": keep or {}, "plans": plans or {},
+        "mode": "trusted" if trusted is not None else "student"}))
     nbformat.write(nb, job_dir / "input.ipynb")
     worker_env = {k: v for k, v in os.environ.items() if not k.startswith("GRADER_")}
     if _STOP.is_set():
@@ -786,7 +932,7 @@ def unanswered(answers: dict, stubs: dict) -> set:
 
 
 def score(lesson: Lesson, execution: Execution, *, stubs: dict, options: Options,
-          not_answered=frozenset()) -> list:
+          not_answered=frozenset(), trusted: Execution | None = None) -> list:
     """One :class:`QuestionScore` per exercise of ``lesson`` from the executed notebook.
 
     A question whose answer cell is in ``not_answered`` (unchanged from the release, or
@@ -794,13 +940,17 @@ def score(lesson: Lesson, execution: Execution, *, stubs: dict, options: Options
     cell whose checksum did not change. A tests cell that ran without an error gets nbgrader's
     ``determine_grade`` (all its points, or the partial credit it printed as its last value);
     stderr output (warnings) does not count as a failure here, unlike in nbgrader. A failed
-    or unrun tests cell gets 0 and the reason. Raises nothing.
+    or unrun tests cell gets 0 and the reason. A question the trusted check (``trusted``,
+    :func:`run_trusted`) found replayable is decided by the trusted run of its tests alone
+    (the student kernel's own tests outcome is ignored); the others as above. Raises
+    nothing.
     """
     from nbgrader.utils import determine_grade
 
     nb = execution.nb
     cells = {grading._grade_id(c): c for c in (nb.cells if nb is not None else [])
              if grading._grade_id(c)}
+    verdicts = trusted_verdicts(trusted)
     results = []
     for ex in lesson.exercises:
         if ex.solution_id in not_answered:
@@ -824,6 +974,15 @@ def score(lesson: Lesson, execution: Execution, *, stubs: dict, options: Options
                 reason = f"{answer_note}; {reason}"
             results.append(QuestionScore(ex.key, ex.title, 0.0, ex.points, False, reason))
             continue
+        verdict, trusted_cell = verdicts.get(ex.tests_id, ({}, None))
+        if verdict.get("replayable") and verdict.get("verdict") in ("ran", "refused"):
+            if verdict["verdict"] == "refused":
+                reason = str(verdict.get("reason") or "your values could not be checked")
+                results.append(QuestionScore(ex.key, ex.title, 0.0, ex.points, False,
+                                             f"{answer_note}; {reason}" if answer_note
+                                             else reason))
+                continue
+            tests = trusted_cell  # the verdict: the tests run on your values, trusted
         if _errors(tests):
             reason = _test_failure(tests, instructor, options.cell_timeout)
             if answer_note:
@@ -831,7 +990,8 @@ def score(lesson: Lesson, execution: Execution, *, stubs: dict, options: Options
             results.append(QuestionScore(ex.key, ex.title, 0.0, ex.points, False, reason))
             continue
         proof = tests.metadata.get("grading", {}) if tests is not None else {}
-        if tests is None or not (proof.get("checked") and proof.get("completed")):
+        if tests is not trusted_cell and (tests is None or not (
+                proof.get("checked") and proof.get("completed"))):
             reason = ("the tests could not prove that they ran to their end (the grader's "
                       "checks before or after them were disarmed)")
             results.append(QuestionScore(ex.key, ex.title, 0.0, ex.points, False, reason))
@@ -850,6 +1010,99 @@ def score(lesson: Lesson, execution: Execution, *, stubs: dict, options: Options
         reason = "all tests passed" if passed else f"partial credit: {points:g} of {ex.points:g}"
         results.append(QuestionScore(ex.key, ex.title, points, ex.points, passed, reason))
     return results
+
+
+def _worth_checking(execution: Execution, plans: dict, sent: Path) -> bool:
+    """Whether the trusted check can change anything: some tests cell with observed names
+    sent its observations and passed in the student's own kernel. When none passed there,
+    every question already scores 0 and no trusted kernel is started (a kernel that runs
+    the same tests on the same values fails them too; only the student's own code could make
+    them fail there, so the saving costs an honest student nothing). Raises nothing."""
+    if execution.nb is None:
+        return False
+    for cell in execution.nb.cells:
+        tests_id = grading._grade_id(cell) or ""
+        if (plans.get(tests_id) or {}).get("observed") \
+                and (sent / f"{tests_id}.json").exists() \
+                and cell.get("execution_count") is not None and not _errors(cell):
+            return True
+    return False
+
+
+def run_trusted(lesson: Lesson, parameters: dict, student: Student, observations: Path,
+                plans: dict, *, options: Options, context: Context, release=None) -> Execution:
+    """The trusted check of one student's notebook (issue 16): a fresh kernel in the same
+    sandbox runs the instructor's lesson (reference solutions, all tests) with the student's
+    ``parameters``; for each replayable question its tests run once more with the student's
+    values and recorded calls (``observations``: the student job's folder of them, untrusted
+    data, copied into the trusted kernel's working folder) bound, and that run is the
+    verdict (``metadata["trusted_check"]`` of each tests cell). No student code runs in it.
+    Never raises for what the observations hold; OSError for the grader's own folders."""
+    answers = {grading._grade_id(c): c.source for c in lesson.nb.cells
+               if c.metadata.get("nbgrader", {}).get("solution")}
+    reference = build_gradeable(lesson, answers, parameters, release=release,
+                                student_id=student.id)
+    job_dir = Path(tempfile.mkdtemp(prefix=f"{lesson.number}-trusted-", dir=context.temp_root))
+    try:
+        return execute_gradeable(reference, job_dir, options=options,
+                                 hook_dir=context.hook_dir, deny_read=context.deny_read,
+                                 isolation=context.isolation, hidden=context.hidden,
+                                 visible=context.visible, plans=plans, trusted=observations)
+    finally:
+        if not options.keep_temp:
+            shutil.rmtree(job_dir, ignore_errors=True)
+
+
+def trusted_verdicts(trusted: Execution | None) -> dict:
+    """Per tests ``grade_id``, ``(metadata["trusted_check"], cell)`` of the trusted run (empty
+    without one). Raises nothing."""
+    if trusted is None or trusted.nb is None:
+        return {}
+    return {grading._grade_id(c): (c.metadata["trusted_check"], c) for c in trusted.nb.cells
+            if grading._grade_id(c) and isinstance(c.metadata.get("trusted_check"), dict)}
+
+
+def disagreements(lesson: Lesson, execution: Execution,
+                  trusted: Execution | None) -> list[str]:
+    """Notes for the instructor: the questions whose tests passed in the student's own kernel
+    but that the trusted check failed (the answer may have disarmed its tests there; the
+    trusted verdict counts). Raises nothing."""
+    verdicts = trusted_verdicts(trusted)
+    cells = {grading._grade_id(c): c for c in (execution.nb.cells if execution.nb else [])
+             if grading._grade_id(c)}
+    found = []
+    for ex in lesson.exercises:
+        tests = cells.get(ex.tests_id)
+        verdict, trusted_cell = verdicts.get(ex.tests_id, ({}, None))
+        failed = verdict.get("verdict") == "refused" or (
+            verdict.get("verdict") == "ran" and trusted_cell is not None
+            and bool(_errors(trusted_cell)))
+        if verdict.get("replayable") and failed and tests is not None \
+                and tests.get("execution_count") is not None and not _errors(tests):
+            found.append(ex.key)
+    if not found:
+        return []
+    return [f"the tests of {', '.join(found)} passed in the student's own kernel but failed "
+            "the trusted check (its verdict counts): look at the graded notebook for code "
+            "that disarms tests"]
+
+
+def grading_paths(lesson: Lesson, trusted: Execution | None) -> list[str]:
+    """Notes saying which questions the trusted check decided and which were graded in the
+    student's own kernel, and why. Raises nothing."""
+    verdicts = trusted_verdicts(trusted)
+    decided = [ex.key for ex in lesson.exercises
+               if verdicts.get(ex.tests_id, ({}, None))[0].get("replayable")]
+    kept = [f"{ex.key} ({_short(verdicts[ex.tests_id][0].get('why') or 'not checked', 100)})"
+            if ex.tests_id in verdicts else f"{ex.key} (its tests did not run in your notebook)"
+            for ex in lesson.exercises if ex.key not in decided]
+    notes = []
+    if decided:
+        notes.append("graded by the trusted check (a kernel that ran none of your code, "
+                     f"given your values): {', '.join(decided)}")
+    if kept and trusted is not None:
+        notes.append(f"graded in your own kernel: {'; '.join(kept)}")
+    return notes
 
 
 # --------------------------------------------------------------------------- one notebook
@@ -969,11 +1222,18 @@ def grade_notebook(lesson: Lesson, student: Student, submissions: Path, out: Pat
             return result
         nb = build_gradeable(lesson, answers, parameters, release=release, student_id=student.id)
         job_dir = Path(tempfile.mkdtemp(prefix=f"{lesson.number}-", dir=context.temp_root))
+        plans = exercise_plan(lesson)
+        trusted = None
         try:
             execution = execute_gradeable(
                 nb, job_dir, options=options, hook_dir=context.hook_dir,
                 deny_read=context.deny_read, isolation=context.isolation,
-                hidden=context.hidden, visible=context.visible, keep=answer_names(lesson))
+                hidden=context.hidden, visible=context.visible, keep=answer_names(lesson),
+                plans=plans)
+            if _worth_checking(execution, plans, job_dir / "observations"):
+                trusted = run_trusted(lesson, parameters, student, job_dir / "observations",
+                                      plans, options=options, context=context,
+                                      release=release)
         finally:
             if not options.keep_temp:
                 shutil.rmtree(job_dir, ignore_errors=True)
@@ -1013,14 +1273,25 @@ def grade_notebook(lesson: Lesson, student: Student, submissions: Path, out: Pat
                     proof.get("checked") and proof.get("completed")):
                 result.tampering.append(f"the tests of {ex.key} could not prove that they ran "
                                         "to their end")
+        if trusted is not None and (trusted.state is not State.COMPLETED
+                                    or trusted.nb is None):
+            result.status = Status.ERROR
+            result.reason = (f"grader error: the trusted check did not complete "
+                             f"({_short(trusted.message, 160)}); the questions it did not "
+                             "decide were graded in the student's kernel")
         result.questions = score(lesson, execution, stubs=stubs, options=options,
-                                 not_answered=blank)
+                                 not_answered=blank, trusted=trusted)
+        result.notes += grading_paths(lesson, trusted)
+        result.instructor_notes += disagreements(lesson, execution, trusted)
         from nbgrader.preprocessors import LimitOutput
 
         graded, _ = LimitOutput().preprocess(execution.nb, {})
         target = out / "graded" / student.id / lesson.name
         target.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(graded, target)
+        if trusted is not None and trusted.nb is not None:
+            nbformat.write(LimitOutput().preprocess(trusted.nb, {})[0],
+                           target.with_name(target.stem + ".trusted.ipynb"))
     except Exception as exc:  # noqa: BLE001 - one student's problem never stops the class
         result.status = Status.ERROR
         result.reason = f"grader error: {type(exc).__name__}: {_short(str(exc), 200)}"

@@ -30,6 +30,10 @@ Commands (each request carries a fresh ``challenge``):
   echoed: hidden tests read by the answer must not leave through them;
 - ``done``: called as the last statement of a tests cell (wrapping its last expression, so
   that a partial-credit value stays the cell's result): replies that the tests ran to the end;
+- ``record`` (the trusted check, :mod:`course_tools.grading.observe`): wrap the answer's
+  callables among ``args[0]`` so that the tests' calls are recorded; ``export``: put them
+  back and write the values of the names ``args[1]`` and the recorded calls to the files
+  ``args[0]`` ``.json``/``.npz`` of the working folder (untrusted data for the grader);
 - ``after_tests``: forget the tests cell's source (linecache, the last traceback and
   execution result), so later answer cells cannot read hidden tests from the kernel, put
   back the names set aside, and check the hooks again: one that came back while the tests
@@ -333,6 +337,8 @@ def _course_grader_boot():  # noqa: C901 - one closure, sent to the kernel as on
 
     before = {"linecache": set()}
 
+    observe = globals().get("_course_observe") or {}  # observe.py, run by the loader
+
     def grader(command, challenge, *args):
         if command == "done":
             reply(challenge, {"done": True})
@@ -349,6 +355,18 @@ def _course_grader_boot():  # noqa: C901 - one closure, sent to the kernel as on
             user_ns["__course_grader__"] = grader
             before["linecache"] = set(linecache.cache)
             reply(challenge, {"tampering": tampering[:20], "notes": notes})
+        elif command == "record" and observe:
+            state["recorder"] = observe["Recorder"](shell.user_ns, args[0])
+            reply(challenge, {"ok": True})
+        elif command == "export" and observe:
+            recorder = state.pop("recorder", None)
+            if recorder is not None:
+                recorder.restore()
+            try:
+                observe["export"](shell.user_ns, args[0], args[1], recorder)
+                reply(challenge, {"ok": True})
+            except Exception as exc:  # noqa: BLE001 - no file: the trusted check says so
+                reply(challenge, {"ok": False, "error": type(exc).__name__[:40]})
         elif command == "after_tests":
             for name in set(linecache.cache) - before["linecache"]:
                 linecache.cache.pop(name, None)

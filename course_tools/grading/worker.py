@@ -22,6 +22,19 @@ afterwards its source is removed from the kernel's caches. The findings go to th
 cell's ``metadata["grading"]``: ``checked`` (the signed check before the tests answered),
 ``completed`` (the signed end-of-cell report arrived), ``tampering``, ``notes``.
 
+The trusted check (issue 16, :mod:`course_tools.grading.observe`): ``job.json``'s ``plans``
+(:func:`course_tools.grading.autograde.exercise_plan`) name what each tests cell reads of
+the answer. In a student job (``mode`` ``student``) the kernel exports, before the first
+answer cell (only the lesson's code has run), the inputs of every question, and around each
+tests cell records the calls of the answer's functions and exports the observed values; each
+export is copied at once, size-capped, to ``JOB_DIR/observations``. In a trusted job (``mode``
+``trusted``, the instructor's lesson, those files in ``work/observed``) no probe is loaded and
+no student code exists; each tests cell runs once on the reference (to decide whether it is
+replayable) and once on the student's values and replayed calls: the verdict, with the
+findings in the tests cell's ``metadata["trusted_check"]`` (``replayable``, ``why``,
+``verdict``: ``ran``/``refused``, ``reason``). Cells after the last tests cell with
+observations are not run.
+
 ``status.json``: ``{"state": "running"|"completed"|"kernel_died"|"stuck"|"error",
 "cell": index of the cell running or last run, "kernel_pid": ..., "message": ...,
 "restarts": [indices of the cells after which the kernel was restarted],
@@ -50,6 +63,11 @@ import nbformat
 from course_lib.paths import write_text_atomic as _write_atomic
 
 PROBE_SOURCE = Path(__file__).with_name("kernel_probe.py")
+OBSERVE_SOURCE = Path(__file__).with_name("observe.py")
+OBSERVATIONS = "observations"  # the kernel's folder for them, in its working folder
+BEFORE = "_before"  # the inputs exported before any student code ran
+OBSERVED = "observed"  # the trusted kernel's folder of the student's observations
+TRUSTED_TOKEN = "COURSE-TRUSTED "
 TOKEN = "COURSE-GRADER "
 KEY_LINE = re.compile(r"^COURSE-GRADER-KEY ([0-9a-f]{64})$", re.MULTILINE)
 EXERCISE_CELL = re.compile(r"^ex\d+_(solution|tests)$")
@@ -164,7 +182,15 @@ def run(job_dir: Path) -> int:
 
         key: bytes | None = None
         booted = False
+        snapshot_taken = False
         stuck: set = set()
+
+        def _export(self, index: int, stem: str, names) -> None:
+            """Ask the kernel to write its observations ``stem`` (:mod:`.observe`) and copy
+            them at once, size-capped, out of its reach into ``JOB_DIR/observations``."""
+            self._probe(index, "export", f"{OBSERVATIONS}/{stem}", list(names))
+            _copy_observation(Path(job["cwd"]) / OBSERVATIONS / stem,
+                              job_dir / OBSERVATIONS / stem)
 
         def on_cell_execute(self, **kwargs):
             provisioner = getattr(self.km, "provisioner", None)
@@ -222,12 +248,16 @@ def run(job_dir: Path) -> int:
             # the probe's functions get globals of their own and a copy of the built-ins
             # taken now, so names an answer defines or patches later never reach them
             source = (
-                "def _course_grader_load(source):\n"
+                "def _course_grader_load(source, observe):\n"
                 "    import builtins\n"
-                "    space = {'__builtins__': dict(vars(builtins)), '__name__': 'course_grader'}\n"
+                "    tools = {'__builtins__': dict(vars(builtins)), '__name__': 'course_observe'}\n"
+                "    exec(compile(observe, '<course-observe>', 'exec'), tools)\n"
+                "    space = {'__builtins__': dict(vars(builtins)), '__name__': 'course_grader',\n"
+                "             '_course_observe': tools}\n"
                 "    exec(compile(source, '<course-grader>', 'exec'), space)\n"
                 "    return space['_course_grader_boot']()\n"
-                f"__course_grader__ = _course_grader_load({PROBE_SOURCE.read_text('utf-8')!r})\n"
+                f"__course_grader__ = _course_grader_load({PROBE_SOURCE.read_text('utf-8')!r}, "
+                f"{OBSERVE_SOURCE.read_text('utf-8')!r})\n"
                 "del _course_grader_load\n")
             cell = self._request(source, index)
             text = "".join(o.get("text", "") for o in cell.get("outputs", [])
@@ -298,11 +328,18 @@ def run(job_dir: Path) -> int:
                 self._boot(index)
             gid = grade_id(cell)
             if cell.cell_type == "code" and gid.endswith("_solution") and self.key:
+                if not self.snapshot_taken and snapshot_names:
+                    # before any student code: these values are the lesson's own
+                    self.snapshot_taken = True
+                    self._export(index, BEFORE, snapshot_names)
                 self._probe(index, "before_answer", keep_names.get(gid, []), lesson_names)
             if cell.cell_type != "code" or not gid.endswith("_tests") or not cell.source.strip():
                 return self.execute_cell(cell, index, store_history=True), self.resources
             used = sorted(set(names_used(cell.source)) | set(lesson_builtins))
             check = self._probe(index, "before_tests", used) if self.key else None
+            plan = plans.get(gid) or {}
+            if self.key and plan.get("observed"):
+                self._probe(index, "record", plan["observed"])
             challenge = secrets.token_hex(16)
             wrapped = nbformat.v4.new_code_cell(wrap_tests(cell.source, challenge))
             wrapped.metadata = cell.metadata
@@ -320,6 +357,8 @@ def run(job_dir: Path) -> int:
                     "notes": [str(n)[:300] for n in (check or {}).get("notes", [])]}
                 save(self.nb)
             after = self._probe(index, "after_tests") if self.key else None
+            if self.key and plan.get("observed"):
+                self._export(index, gid, plan["observed"] + plan.get("inputs", []))
             proof = cell.metadata["grading"]
             during = [f"{t} while the tests ran" for t in (after or {}).get("tampering", [])]
             proof["notes"] += [str(n)[:300] for n in (after or {}).get("notes", [])]
@@ -329,10 +368,105 @@ def run(job_dir: Path) -> int:
             save(self.nb)
             return cell, self.resources
 
+    class TrustedExecute(GradingExecute):
+        """The trusted check: runs the instructor's lesson (no student code), and before each
+        tests cell with observed names (``plans``) runs the tests once on the reference to
+        find whether the question is replayable, then again with the student's values and
+        replayed calls bound (:mod:`course_tools.grading.observe`): that run's outcome is the
+        verdict. Findings in the tests cell's ``metadata["trusted_check"]``."""
+
+        def _boot(self, index: int) -> None:
+            self.booted = True
+            self._request(
+                "def _course_trusted_load(source):\n"
+                "    space = {'__name__': 'course_observe'}\n"
+                "    exec(compile(source, '<course-observe>', 'exec'), space)\n"
+                "    return space\n"
+                f"__course_trusted__ = _course_trusted_load("
+                f"{OBSERVE_SOURCE.read_text('utf-8')!r})\n"
+                "del _course_trusted_load\n", index)
+            status["probe_loaded"] = True
+
+        def _ask(self, index: int, command: str, *args) -> dict | None:
+            call = ", ".join(["get_ipython().user_ns", *(repr(a) for a in args)])
+            cell = self._request(f"__course_trusted__[{command!r}]({call})", index)
+            for output in cell.get("outputs", []):
+                for line in str(output.get("text", "")).splitlines():
+                    if line.startswith(TRUSTED_TOKEN):
+                        try:
+                            return json.loads(line[len(TRUSTED_TOKEN):])
+                        except ValueError:
+                            return None
+            return None
+
+        def preprocess_cell(self, cell, resources, index, replay=False):
+            # instructor code only: a cell that cannot be interrupted is the grader's problem
+            return self._run_cell(cell, resources, index)
+
+        def _run_cell(self, cell, resources, index):
+            self._check_assign_resources(resources)
+            if index > last_tests:
+                return cell, self.resources  # nothing after the last tests is needed
+            if not self.booted:
+                self._boot(index)
+            gid = grade_id(cell)
+            if cell.cell_type != "code" or not gid.endswith("_tests") or not cell.source.strip():
+                return self.execute_cell(cell, index, store_history=True), self.resources
+            plan = plans.get(gid) or {}
+            observed, inputs = list(plan.get("observed", [])), list(plan.get("inputs", []))
+            info = {"replayable": False, "why": "", "verdict": None, "reason": ""}
+            if not observed:
+                info["why"] = "its tests read no name that the answer binds"
+                self.execute_cell(cell, index, store_history=False)
+                cell.metadata["trusted_check"] = info
+                return cell, self.resources
+            self._ask(index, "reference_begin", observed)
+            reference = self._request(cell.source, index)
+            reply = self._ask(index, "reference_end", observed, inputs)
+            if any(o.get("output_type") == "error" for o in reference.get("outputs", [])):
+                info["why"] = "the reference answer failed its own tests in the trusted kernel"
+            elif reply is None:
+                info["why"] = "the reference could not be checked"
+            elif not reply.get("replayable"):
+                info["why"] = str(reply.get("why", ""))[:300]
+            if info["why"]:
+                cell.outputs = reference.get("outputs", [])
+                cell.metadata["trusted_check"] = info
+                save(self.nb)
+                return cell, self.resources
+            info["replayable"] = True
+            folder = Path(job["cwd"]) / OBSERVED
+            before = folder / BEFORE
+            answer = self._ask(index, "replay_begin", str(folder / gid),
+                               str(before) if Path(f"{before}.json").exists() else None,
+                               observed, inputs)
+            if answer is not None and answer.get("ok"):
+                self.execute_cell(cell, index, store_history=False)
+                info["verdict"] = "ran"
+            else:
+                info["verdict"] = "refused"
+                info["reason"] = str((answer or {}).get("why") or "the trusted check could "
+                                     "not bind your notebook's values")[:300]
+                cell.outputs = []
+            self._ask(index, "replay_end")
+            self.nb.cells[index] = cell
+            cell.metadata["trusted_check"] = info
+            save(self.nb)
+            return cell, self.resources
+
     nb = nbformat.read(job_dir / "input.ipynb", as_version=4)
+    trusted_mode = job.get("mode") == "trusted"
+    if trusted_mode:  # up to the last tests the student's kernel sent observations for
+        observed_dir = Path(job["cwd"]) / OBSERVED
+        last_tests = max((i for i, c in enumerate(nb.cells) if grade_id(c).endswith("_tests")
+                          and (observed_dir / f"{grade_id(c)}.json").exists()), default=-1)
+    else:
+        last_tests = len(nb.cells)
     lesson_cells = [c for c in nb.cells
                     if c.cell_type == "code" and not EXERCISE_CELL.match(grade_id(c))]
     lesson_names = assigned_names(lesson_cells)
+    plans = job.get("plans") or {}
+    snapshot_names = sorted({n for p in plans.values() for n in p.get("inputs", [])})
     lesson_builtins = names_in_functions(lesson_cells)
     limiter = LimitOutput(max_lines=job.get("max_output_lines", 1000), max_traceback=100)
     # The kernel inherits this process's environment: the grader's choice, nothing else.
@@ -348,6 +482,8 @@ def run(job_dir: Path) -> int:
         "interrupt_mode": "message", "metadata": {"debugger": False}}), encoding="utf-8")
 
     def timeout_for(cell) -> int:
+        if trusted_mode:  # the instructor's code only
+            return job.get("lesson_cell_timeout") or job["cell_timeout"]
         if EXERCISE_CELL.match(grade_id(cell)) or cell.metadata.get("grading_probe"):
             return job["cell_timeout"]
         return job.get("lesson_cell_timeout") or job["cell_timeout"]
@@ -370,7 +506,7 @@ def run(job_dir: Path) -> int:
             kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec_dir.parent)]))
 
     def new_executor():
-        return GradingExecute(timeout=job["cell_timeout"], timeout_func=timeout_for,
+        return (TrustedExecute if trusted_mode else GradingExecute)(timeout=job["cell_timeout"], timeout_func=timeout_for,
                               kernel_name=KERNEL_NAME,
                               startup_timeout=job.get("startup_timeout", 120))
 
@@ -416,6 +552,27 @@ def run(job_dir: Path) -> int:
         shutil.rmtree(ipc, ignore_errors=True)
     save(nb)
     return code
+
+
+def _copy_observation(source: Path, target: Path) -> None:
+    """Copy the observation ``source`` (``.json`` and ``.npz``, written by the kernel) to
+    ``target``, each only as a regular file of its own within :mod:`.observe`'s size caps; a
+    part that is not is left out (the trusted check then says the values are missing).
+    Raises nothing."""
+    from course_tools.grading import observe
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for suffix, limit in ((".json", observe.MAX_JSON_BYTES),
+                          (".npz", observe.MAX_ARRAY_BYTES + 2**20)):
+        destination = Path(f"{target}{suffix}")
+        try:
+            data = observe.read_regular(f"{source}{suffix}", limit, folder_too=True)
+        except observe.ObservationError:
+            destination.unlink(missing_ok=True)
+            continue
+        partial = destination.with_name(destination.name + ".part")
+        partial.write_bytes(data)
+        os.replace(partial, destination)
 
 
 def _died_at_start(exc: BaseException) -> bool:
