@@ -804,10 +804,11 @@ BUSY_THRESHOLD = 0.15
 #: (lesson 09, section 5), not the framework.
 MIN_CPU_SHARE = 0.8
 
-#: Seconds :func:`interleaved` waits (untimed) before each sample so that the other library's
-#: idle worker threads stop spinning: OpenBLAS's threads busy-wait about 2**28 cycles (0.1 s
-#: here) after a call (its THREAD_TIMEOUT), and libgomp's and XLA's pools spin briefly too; on
-#: 2 cores, threads left spinning by the reference slow the step that follows, and vice versa.
+#: Seconds :func:`interleaved` waits (untimed) before each *step* sample so that the
+#: reference's idle BLAS threads stop spinning: OpenBLAS's threads keep polling for work for up
+#: to about 2**28 cycles (0.1 s here) after a call (its THREAD_TIMEOUT), which on 2 cores slows
+#: the step that follows. Not before the reference: waking its sleeping threads after a pause
+#: made its own samples spread more (benchmarks/lesson09/run7-quiet-settle).
 SETTLE_S = 0.15
 
 BUSY_TEXT = "machine too busy to measure"
@@ -1043,7 +1044,7 @@ def interleaved(
             (:data:`MIN_CPU_SHARE`); checked on a CPU reference only.
         threads: the reference's threads (None: NumPy's BLAS threads from threadpoolctl).
         cpu_clock: the process's CPU-time clock (tests pass a fake one).
-        settle: seconds to wait, untimed, before each sample (:data:`SETTLE_S`; >= 0).
+        settle: seconds to wait, untimed, before each step sample (:data:`SETTLE_S`; >= 0).
         sleep: the wait (tests pass a fake one).
 
     Returns:
@@ -1073,7 +1074,7 @@ def interleaved(
     for i in range(pairs):
         for label in (("reference", "step") if i % 2 == 0 else ("step", "reference")):
             order.append(label)
-            if settle:
+            if settle and label == "step":
                 sleep(settle)
             if label == "reference":
                 cpu_start, wall_start = cpu_clock(), clock()

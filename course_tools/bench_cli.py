@@ -10,8 +10,8 @@ notebook without one of those cells is refused.
 Each step (the reference MLP: forward, softmax cross-entropy, backward, plain SGD update,
 batch ``--batch``) is timed **in alternation with the reference**, the
 NumPy/BLAS float32 matmul rate of ``(256, 1024) @ (1024, 1024)``: one sample of each, back to
-back, ``--repeats`` times in one loop (``course_lib.bench.interleaved``), each sample after an
-untimed 0.15 s pause that lets the other library's idle threads stop spinning
+back, ``--repeats`` times in one loop (``course_lib.bench.interleaved``), each step sample after
+an untimed 0.15 s pause that lets the reference's idle BLAS threads stop spinning
 (``bench.SETTLE_S``). Each pair gives a ratio, step FLOP rate over reference rate; the median ratio is reported with its 95 % bootstrap interval. When the
 reference's own samples spread more than 15 % (IQR/median), or its threads got less than 80 %
 of the cores, the ratio is replaced by "machine too busy to measure". The CPU's theoretical
