@@ -103,6 +103,14 @@ def _student(args: argparse.Namespace) -> int:
     return 0
 
 
+
+def _lesson_selection(parser: argparse.ArgumentParser, check_help: str) -> None:
+    """The options the commands that rewrite lessons share: --notebooks, --lessons, --check."""
+    parser.add_argument("--notebooks", default="notebooks", help="folder of the lessons")
+    parser.add_argument("--lessons", nargs="*", metavar="NN",
+                        help="lesson numbers (default: all), e.g. --lessons 00 01")
+    parser.add_argument("--check", action="store_true", help=check_help)
+
 def _plan(args: argparse.Namespace) -> int:
     from course_tools import plan
 
@@ -192,22 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     grade.set_defaults(func=_grade)
 
     student = sub.add_parser("student", help="write the student edition (student/)")
-    student.add_argument("--notebooks", default="notebooks", help="folder of the lessons")
     student.add_argument("--out", default="student", help="output folder (default student/)")
-    student.add_argument("--lessons", nargs="*", metavar="NN",
-                         help="lesson numbers (default: all), e.g. --lessons 00 01")
-    student.add_argument("--check", action="store_true",
-                         help="write nothing; exit 1 when the folder differs from a fresh "
-                              "edition")
+    _lesson_selection(student, "write nothing; exit 1 when the folder differs from a fresh "
+                               "edition")
     student.set_defaults(func=_student)
 
     plan = sub.add_parser("plan", help="write the lessons' Plan blocks and summary cells")
-    plan.add_argument("--notebooks", default="notebooks", help="folder of the lessons")
-    plan.add_argument("--lessons", nargs="*", metavar="NN",
-                      help="lesson numbers (default: all), e.g. --lessons 00 01")
-    plan.add_argument("--check", action="store_true",
-                      help="write no notebook; exit 1 when a lesson's blocks differ from the "
-                           "data")
+    _lesson_selection(plan, "write no notebook; exit 1 when a lesson's blocks differ from the "
+                            "data")
     plan.add_argument("--update-times", metavar="DIR",
                       help="first add the lesson times of a run to data/lesson-times.json: "
                            "a course results folder (build/results) or a Colab lane folder "

@@ -196,23 +196,14 @@ def encode(value, encoder: Encoder | None = None) -> tuple[dict, dict]:
 
 
 def is_data(node) -> bool:
-    """Whether ``node`` (from :func:`encode`) holds only data: no ``opaque``, ``toobig`` or
-    ``missing`` node anywhere. Raises nothing."""
-    stack = [node]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, dict):
-            if item.get("t") in ("opaque", "toobig", "missing", "callable"):
-                return False
-            stack.extend(v for k, v in item.items() if k in ("items", "columns", "index",
-                                                              "data", "name"))
-    return True
+    """Whether ``node`` (from :func:`encode`) holds only data: no ``opaque``, ``toobig``,
+    ``missing`` or ``callable`` node anywhere (:func:`describe` finds none). Raises nothing."""
+    return describe(node) == "data"
 
 
 def describe(node) -> str:
-    """The first reason ``node`` is not data, e.g. ``opaque keras.src.models.Sequential``."""
+    """The first reason ``node`` (from :func:`encode`) is not data, e.g. ``"not data
+    (keras.src.models.Sequential)"``, or ``"data"`` when it holds only data. Raises nothing."""
     stack = [node]
     while stack:
         item = stack.pop()
