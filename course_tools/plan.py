@@ -227,10 +227,15 @@ def _round_minutes(minutes: float) -> int:
     return int(5 * round(minutes / 5))
 
 
+def total_reading_minutes(counts: Counts) -> int:
+    """Prose and code reading time together, in minutes as a reader plans them."""
+    return _round_minutes(counts.prose_minutes + counts.code_minutes)
+
+
 def reading_time(counts: Counts) -> str:
     """One line: the reading time of prose and code, with the rates and their sources."""
     prose, code = _round_minutes(counts.prose_minutes), _round_minutes(counts.code_minutes)
-    return (f"about {_round_minutes(counts.prose_minutes + counts.code_minutes)} min: prose "
+    return (f"about {total_reading_minutes(counts)} min: prose "
             f"{prose} min at {PROSE_WPM} words/min (the mean rate for non-fiction, Brysbaert "
             f"2019), code {code} min at {CODE_WPM} words/min (an assumption: code is read "
             "slowly and not in order); time for the exercises not included")

@@ -245,15 +245,16 @@ def _runs(cell) -> bool:
 
 def key_results(frame, lesson: str, limit: int = 3) -> str:
     """A short text of a lesson's headline records (those recorded with ``key=True``)."""
-    if frame.empty or "key" not in frame.columns:
-        return ""
-    rows = _results.latest(frame[(frame["lesson"] == lesson) & (frame["key"] == True)])  # noqa: E712
-    parts = []
-    for _, row in rows.head(limit).iterrows():
-        who = "/".join(str(x) for x in (row["framework"], row["backend"], row["mode"])
-                       if isinstance(x, str) and x)
-        parts.append(f"{row['metric']}[{who}]={row['value']:.4g} {row['unit']}")
+    parts = [f"{row['metric']}[{_key_result_label(row)}]={row['value']:.4g} {row['unit']}"
+             for _, row in _key_rows(frame, lesson).head(limit).iterrows()]
     return "; ".join(parts)
+
+
+def _key_rows(frame, lesson: str):
+    """``lesson``'s headline records (``key=True``), the newest of each kind."""
+    if frame.empty or "key" not in frame.columns:
+        return frame.iloc[0:0]
+    return _results.latest(frame[(frame["lesson"] == lesson) & (frame["key"] == True)])  # noqa: E712
 
 
 SITE_FILES = Path(__file__).with_name("site")  # conf.py and _static/ of the Sphinx site
@@ -542,9 +543,8 @@ def _lessons_table(runs, pages, colab, frame, titles, *, charts_dir: Path | None
                 for p in plan.prerequisites) or "none"
         time_parts = [f"this run: {run.seconds:.0f} s"]
         if counts and run.lesson in counts:
-            c = counts[run.lesson]
-            time_parts.append(f"reading: about "
-                              f"{lesson_plan._round_minutes(c.prose_minutes + c.code_minutes)} min")
+            time_parts.append(
+                f"reading: about {lesson_plan.total_reading_minutes(counts[run.lesson])} min")
         if times is not None:
             time_parts += lesson_plan.running_summary(run.lesson, times)
         if run.error:
@@ -578,9 +578,7 @@ def key_result_values(frame, lesson: str, *, metrics: int = 3,
     ``[(metric, unit, {label: value})]``, at most ``metrics`` metrics in the order first
     recorded and ``bars`` labels each (``framework/backend/mode``; a repeated label gets the
     record's ``model`` or a number)."""
-    if frame.empty or "key" not in frame.columns:
-        return []
-    rows = _results.latest(frame[(frame["lesson"] == lesson) & (frame["key"] == True)])  # noqa: E712
+    rows = _key_rows(frame, lesson)
     grouped: dict[tuple[str, str], list] = {}
     for _, row in rows.iterrows():
         grouped.setdefault((str(row["metric"]), str(row["unit"])), []).append(row)
