@@ -13,7 +13,8 @@ Folders (each function below documents its order of precedence):
 :func:`data_dir`            shipped data: ``$COURSE_DATA_DIR``, else ``data/``
 :func:`cache_dir`           downloads: ``$COURSE_CACHE_DIR``, else the user cache folder
 :func:`lesson_build_dir`    a lesson's scratch files (worker scripts, exports):
-                            ``build/lesson<NN>``, else a temporary folder
+                            ``build/lesson<NN>`` (``build/lesson<NN>-*`` while another
+                            process holds it), else a temporary folder
 ==========================  =====================================================================
 
 Every environment variable the project reads is listed in :data:`ENVIRONMENT` (a test checks
@@ -139,13 +140,42 @@ def cache_dir() -> Path:
     return Path(pooch.os_cache("ml-frameworks-course"))
 
 
+#: Scratch folders this process holds: folder -> the open lock file that claims it.
+_CLAIMED: dict[Path, object] = {}
+
+
+def _claim(folder: Path) -> bool:
+    """Claim ``folder`` for this process's lifetime with an exclusive ``flock`` on the file
+    ``<folder>.lock`` beside it; False when another live process holds it. The kernel drops the
+    lock when the process ends, however it ends, so a crashed run never leaves a stale claim.
+    Where ``fcntl`` is missing (Windows) every claim succeeds, as before this rule existed."""
+    if folder in _CLAIMED:
+        return True
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; one run of a lesson at a time is the user's care
+        return True
+    handle = open(folder.with_name(folder.name + ".lock"), "a+b")  # noqa: SIM115 (held open)
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return False
+    _CLAIMED[folder] = handle
+    return True
+
+
 def lesson_build_dir(lesson: str, *, root: str | os.PathLike | None = None) -> Path:
     """A lesson's scratch folder (worker scripts, exported models), created.
 
     ``build/lesson<lesson>`` under :func:`course_root` of ``root`` (default: the working
-    directory); git ignores ``build/``. Outside a checkout (Colab, a copied notebook) a new
-    folder ``course-lesson<lesson>-*`` in the system's temporary folder, so that a lesson never
-    litters the user's folders.
+    directory); git ignores ``build/``. The folder is claimed for this process's lifetime (a
+    lock file ``build/lesson<lesson>.lock``): while another process, for example a second run
+    of the same lesson, holds it, this one gets a new folder ``build/lesson<lesson>-*`` of its
+    own, so that two runs never overwrite each other's worker inputs. (Seen in ``make test``:
+    two runs of lesson 07 with different widths, one reading the other's ``tf_inputs.npz``.)
+    Outside a checkout (Colab, a copied notebook) a new folder ``course-lesson<lesson>-*`` in
+    the system's temporary folder, so that a lesson never litters the user's folders.
 
     Raises:
         ValueError: an empty lesson id, or one holding a path separator.
@@ -158,7 +188,9 @@ def lesson_build_dir(lesson: str, *, root: str | os.PathLike | None = None) -> P
         return Path(tempfile.mkdtemp(prefix=f"course-lesson{lesson}-"))
     folder = base / "build" / f"lesson{lesson}"
     folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    if _claim(folder):
+        return folder
+    return Path(tempfile.mkdtemp(prefix=f"lesson{lesson}-", dir=folder.parent))
 
 
 def _umask() -> int:

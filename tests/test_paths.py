@@ -2,6 +2,8 @@
 
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,6 +79,30 @@ def test_folder_rules_follow_the_environment_then_the_checkout(tmp_path, monkeyp
     assert paths.results_dir() == tmp_path / "elsewhere"
     assert paths.reference_dir() == tmp_path / "refs"
     assert paths.results_dir(tmp_path / "given") == tmp_path / "given"
+
+
+def test_a_second_process_running_the_same_lesson_gets_a_folder_of_its_own(tmp_path):
+    checkout = tmp_path / "course"
+    (checkout / "course_lib").mkdir(parents=True)
+    (checkout / "pyproject.toml").write_text("", encoding="utf-8")
+    claim = ("import sys; from course_lib import paths; "
+             f"print(paths.lesson_build_dir('07', root={str(checkout)!r}), flush=True); "
+             "sys.stdin.read()")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    holder = subprocess.Popen([sys.executable, "-c", claim], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert Path(holder.stdout.readline().strip()) == checkout / "build" / "lesson07"
+        second = subprocess.run([sys.executable, "-c", claim], input="", capture_output=True,
+                                text=True, env=env, check=True).stdout.strip()
+        assert Path(second).parent == checkout / "build"
+        assert Path(second).name.startswith("lesson07-") and Path(second).is_dir()
+    finally:
+        holder.communicate("")
+    # the holder has ended, so its claim went with it: the next run gets the usual folder
+    third = subprocess.run([sys.executable, "-c", claim], input="", capture_output=True,
+                           text=True, env=env, check=True).stdout.strip()
+    assert Path(third) == checkout / "build" / "lesson07"
 
 
 def test_outside_a_checkout_a_lesson_gets_a_temporary_folder(tmp_path, monkeypatch):
