@@ -90,6 +90,30 @@ sys.settrace(_tracer)""",
 TRICK_ANSWERS = {**WRONG, "ex3_solution": "values[:] = 0\ntotal = 0"}
 
 
+# session 22's red team of the trusted check, merged into two of the attacks above (one
+# grading run for all): an answer that keeps its kernel from exporting any observation (the
+# folder made a file: no trusted kernel was started, every question kept its disarmed
+# in-process pass: 6/6 with wrong answers), and one that deletes the last question's
+# observations after their export (that question was never decided: 2/6)
+NO_EXPORT = """
+import shutil
+shutil.rmtree("observations", ignore_errors=True)
+open("observations", "w").close()
+"""
+DROP_LAST_EXPORT = """
+import os, threading, time
+def _drop_last():
+    while True:
+        for _name in ("ex4_tests.json", "ex4_tests.npz"):
+            try:
+                os.remove(os.path.join("observations", _name))
+            except OSError:
+                pass
+        time.sleep(0.0005)
+threading.Thread(target=_drop_last, daemon=True).start()
+"""
+
+
 def _red_team() -> dict:
     """The red team's attacks that beat the in-kernel probe (tests/fixtures/redteam/
     make_submissions.py, written for lessons 00 and 04; the code is generic): each still
@@ -100,8 +124,8 @@ def _red_team() -> dict:
     spec = importlib.util.spec_from_file_location("redteam_submissions", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return {"evt": module.EVT, "clos": module.CLOS, "comp": module.COMP,
-            "handler": module.HANDLER,
+    return {"evt": module.EVT + NO_EXPORT, "clos": module.CLOS + DROP_LAST_EXPORT,
+            "comp": module.COMP, "handler": module.HANDLER,
             # pdpatch's idea on this lesson: an internal of a watched library that is not
             # watched itself (np.isclose looks less_equal up in numpy._core.numeric)
             "internals": "import numpy._core.numeric as _numeric\n"
@@ -388,6 +412,10 @@ def test_the_red_teams_attacks_fool_the_students_kernel_but_score_zero(graded, t
     notes = g.lessons[0].notes
     assert any(n.startswith("graded by the trusted check") and "ex1, ex2, ex3, ex4" in n
                for n in notes), notes
+    # what the answer kept from the export is refused, never graded in its own kernel
+    unread = [q.key for q in g.lessons[0].questions if "could not be read" in q.reason]
+    assert unread == {"evt": ["ex1", "ex2", "ex3", "ex4"], "clos": ["ex4"]}.get(trick, []), (
+        trick, [q.reason for q in g.lessons[0].questions])
 
 
 @slow

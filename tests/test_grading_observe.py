@@ -191,17 +191,17 @@ def test_recorded_calls_replay_in_order_with_their_exceptions():
     payload, arrays = observe.observe(space, ["answer", "absent"], recorder)
     assert payload["values"] == {"answer": {"t": "callable"}, "absent": {"t": "missing"}}
     record = payload["calls"]["answer"]
-    assert len(record) == 4 and record[2] == {"raised": ["ValueError", "negative"]}
+    assert len(record) == 4 and record[2]["raised"] == ["ValueError", "negative", "ValueError"]
     assert len(record[3]["raised"][0]) <= 40 and len(record[3]["raised"][1]) <= 300
     replay = observe.replay_function("answer", record, arrays)
-    assert np.array_equal(replay(0), np.arange(3)) and np.array_equal(replay(0), np.arange(4))
+    assert np.array_equal(replay(3), np.arange(3)) and np.array_equal(replay(7), np.arange(4))
     with pytest.raises(ValueError, match="negative"):
-        replay(0)
+        replay(-1)
     with pytest.raises(Exception) as raised:
-        replay(0)
+        replay(99)
     assert type(raised.value).__name__.startswith("SecretLeak")
     with pytest.raises(observe.ReplayError, match="called more often"):
-        replay(0)
+        replay(3)
 
 
 def test_results_are_encoded_at_call_time():
@@ -336,7 +336,7 @@ def test_wrapped_functions_are_recorded_through_a_proxy_that_keeps_their_api():
     proxy = space["predict"]
     assert isinstance(proxy, Compiled) and proxy.tracing_count() == 1
     assert proxy(1) == 20
-    assert recorder.calls["predict"] == [{"ok": {"t": "int", "v": "20"}}]
+    assert [c["ok"] for c in recorder.calls["predict"]] == [{"t": "int", "v": "20"}]
     recorder.restore()
     assert space["predict"] is compiled
     assert not observe.plain_function(compiled) and observe.recordable(compiled)
@@ -376,3 +376,263 @@ def test_a_reference_is_replayable_only_when_its_values_and_results_are_data(cap
     assert not reply["replayable"] and "`model`, an object" in reply["why"]
     reply = _reference(space, ["forward", "spec"], [], tests, capsys)
     assert not reply["replayable"] and "`spec` is not data" in reply["why"]
+
+
+# --------------------------------------------------------------------------- red team, session 22
+
+
+def _record(space, name, calls):
+    """Record ``calls`` (a function of the namespace) of ``space[name]``: (calls, arrays)."""
+    recorder = observe.Recorder(space, [name])
+    calls(space)
+    recorder.restore()
+    payload, arrays = observe.observe(space, [name], recorder)
+    # through the files, as the trusted kernel reads them
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    payload, arrays = observe.parse(json.dumps({"format": observe.FORMAT, **payload}).encode(),
+                                    buffer.getvalue())
+    return payload["calls"][name], arrays
+
+
+def test_a_replay_answers_only_the_calls_it_was_recorded_for():
+    """The record of a call holds its arguments; the trusted kernel's call must match, so a
+    wrong function cannot line its results up with other calls (calls the answer made itself
+    from a thread while the tests ran, tests stopped early, another order)."""
+
+    def wrong(n):  # right only for 1 (the visible test), wrong for the hidden 21
+        return 2 if n == 1 else 0
+
+    def tests_and_extra_call(space):
+        space["double"](42)  # the answer's own call (a thread), before the tests' calls
+        space["double"](1)
+
+    record, arrays = _record({"double": wrong}, "double", tests_and_extra_call)
+    assert record[0]["args"]["items"][0]["items"][0] == {"t": "int", "v": "42"}
+    replay = observe.replay_function("double", record, arrays)
+    with pytest.raises(observe.ReplayError, match="other arguments than in call 1"):
+        replay(1)  # the trusted kernel's first call: double(1), not double(42)
+    replay = observe.replay_function("double", record, arrays)
+    assert replay(42) == 0 and replay(1) == 2  # the same calls replay
+    replay = observe.replay_function("double", record, arrays)
+    with pytest.raises(observe.ReplayError, match="other arguments"):
+        replay(42, extra=True)  # keywords count too
+
+
+def test_a_function_that_changes_its_argument_changes_it_in_the_replay_too():
+    """The side-effect gap (lesson 04 ex2's hidden "must not modify its argument"): the
+    replay repeats the student's change on the arguments it gets, so the check fails in the
+    trusted kernel as it did in the student's; a function that leaves them alone passes, and
+    replay_end puts everything back."""
+
+    def fixing(params):  # repairs the broken layer in place, then reports it: wrong
+        for i, layer in enumerate(params):
+            if layer["kernel"].shape[0] == layer["kernel"].shape[1] and layer["bad"]:
+                params[i] = {**layer, "kernel": layer["kernel"].T.copy(), "bad": False}
+                return i
+        return None
+
+    def careful(params):
+        return next((i for i, layer in enumerate(params) if layer["bad"]), None)
+
+    def trial():
+        return [{"kernel": np.ones((2, 3)), "bad": False},
+                {"kernel": np.arange(4.0).reshape(2, 2), "bad": True}]
+
+    def hidden_test(f):
+        params = trial()
+        assert f(params) == 1
+        assert params[1]["bad"], "the function must not modify its argument"
+
+    for function, passes in ((fixing, False), (careful, True)):
+        record, arrays = _record({"f": function}, "f", lambda space: space["f"](trial()))
+        assert ("after" in record[0]) is not passes
+        undo: list = []
+        replay = observe.replay_function("f", record, arrays, undo)
+        if passes:
+            hidden_test(replay)
+        else:
+            with pytest.raises(AssertionError, match="must not modify"):
+                hidden_test(replay)
+            assert len(undo) == 1
+
+    # an array argument changed in place, and undone by replay_end
+    def scale(x):
+        x *= 2
+        return float(x.sum())
+
+    record, arrays = _record({"scale": scale}, "scale", lambda space: space["scale"](np.ones(3)))
+    data = np.ones(3)
+    space = {"data": data}
+    observe._TRUSTED.update(reference={}, namespace=dict(space), undo=[])
+    replay = observe.replay_function("scale", record, arrays, observe._TRUSTED["undo"])
+    assert replay(data) == 6.0 and np.array_equal(data, [2, 2, 2])
+    space["leftover"] = "bound by the verdict run"
+    observe.replay_end(space)
+    assert np.array_equal(data, np.ones(3)) and space == {"data": data}
+
+
+def test_a_change_the_replay_cannot_repeat_fails_the_call():
+    def grow(pair):  # a tuple cannot be changed in place; its list can, but not as a tuple
+        pair[0].append(1)
+        return 0
+
+    record, arrays = _record({"grow": grow}, "grow", lambda space: space["grow"](([],)))
+    replay = observe.replay_function("grow", record, arrays)
+    with pytest.raises(observe.ReplayError, match="cannot repeat"):
+        replay(([],))
+
+
+def test_argument_records_have_a_budget_of_their_own():
+    """An answer that fills the file's array store (a huge result) cannot make the later
+    calls' arguments ``toobig`` (which would compare equal to anything alike)."""
+
+    def huge(x):
+        return np.zeros(10) if np.ndim(x) == 0 else 0
+
+    space = {"huge": huge}
+    recorder = observe.Recorder(space, ["huge"], observe.Encoder(max_bytes=100))
+    space["huge"](1)
+    space["huge"](np.ones(4))
+    recorder.restore()
+    first, second = recorder.calls["huge"]
+    assert first["ok"]["t"] == "ndarray" and second["ok"] == {"t": "int", "v": "0"}
+    assert not observe.is_data(second["args"])  # the store is full: its array is toobig
+    # the record of that call then matches no real call
+    replay = observe.replay_function("huge", [second], recorder.encoder.arrays)
+    with pytest.raises(observe.ReplayError, match="other arguments"):
+        replay(np.ones(4))
+    # the same input passed again is stored once (a lesson's data set, call after call)
+    space = {"huge": huge}
+    recorder = observe.Recorder(space, ["huge"])
+    data = np.arange(1000.0)
+    for _ in range(5):
+        space["huge"](data)
+    assert len(recorder.encoder.arrays) == 1 and recorder.encoder.bytes == data.nbytes
+
+
+def test_a_recorded_exception_whose_message_breaks_is_recorded_without_it():
+    class Broken(Exception):
+        def __str__(self):
+            raise RuntimeError("no")
+
+    def answer():
+        raise Broken()
+
+    space = {"answer": answer}
+    recorder = observe.Recorder(space, ["answer"])
+    with pytest.raises(Broken):
+        space["answer"]()
+    assert recorder.calls["answer"][0]["raised"] == ["Broken", "", "Exception"]
+
+
+def _executed(lesson, passed: dict, verdicts: dict | None):
+    """A student's executed notebook (tests cells passed or failed per ``passed``) and a
+    trusted run with ``verdicts`` (tests id -> metadata; None: no trusted run)."""
+    student = copy_nb(lesson.nb)
+    for cell in student.cells:
+        gid = grading._grade_id(cell) or ""
+        if gid in passed:
+            cell.execution_count = 1
+            cell.outputs = [] if passed[gid] else [nbformat.v4.new_output(
+                "error", ename="AssertionError", evalue="", traceback=[])]
+            cell.metadata["grading"] = {"checked": True, "completed": True}
+    execution = autograde.Execution(nb=student, state=autograde.State.COMPLETED, message="",
+                                    cell=None, seconds=0.0, refused=[])
+    trusted = None
+    if verdicts is not None:
+        nb = copy_nb(lesson.nb)
+        for cell in nb.cells:
+            gid = grading._grade_id(cell) or ""
+            if gid in verdicts:
+                cell.metadata["trusted_check"] = verdicts[gid]
+                cell.outputs = []
+        trusted = autograde.Execution(nb=nb, state=autograde.State.KERNEL_DIED,
+                                      message="the kernel died", cell=None, seconds=0.0,
+                                      refused=[])
+    return execution, trusted
+
+
+def copy_nb(nb):
+    return nbformat.from_dict(json.loads(json.dumps(nb)))
+
+
+def test_a_question_the_trusted_check_did_not_decide_never_keeps_its_in_process_points():
+    """Status `error` fallback: a trusted kernel that died (or observations the answer kept
+    from the export) must not turn an in-process pass, which the answer may have disarmed,
+    into points; a question the trusted check found not replayable keeps it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    lesson = grading.load_lesson(os.path.join(root, "notebooks", "00_setup_and_hardware.ipynb"))
+    plans = autograde.exercise_plan(lesson)
+    options = autograde.Options()
+    passed = {"ex1_tests": True, "ex2_tests": True, "ex3_tests": True}
+    ran = {"replayable": True, "verdict": "ran", "why": "", "reason": ""}
+    kept = {"replayable": False, "why": "not data", "verdict": None, "reason": ""}
+    for verdicts in (None, {"ex1_tests": ran, "ex2_tests": kept}):
+        execution, trusted = _executed(lesson, passed, verdicts)
+        scores = {q.key: q for q in autograde.score(
+            lesson, execution, stubs={}, options=options, trusted=trusted, plans=plans)}
+        assert scores["ex3"].points == 0 and "not decided" in scores["ex3"].reason
+        if verdicts is not None:
+            assert scores["ex1"].points == 1 and scores["ex2"].points == 1
+    # the default plans are the lesson's own
+    execution, trusted = _executed(lesson, passed, {"ex1_tests": ran})
+    assert [q.points for q in autograde.score(lesson, execution, stubs={}, options=options,
+                                              trusted=trusted)] == [1, 0, 0]
+    # the trusted check must reach every tests cell that ran, observations or not
+    assert autograde.to_decide(execution, plans) == ["ex1_tests", "ex2_tests", "ex3_tests"]
+
+
+def test_a_replayed_exception_is_caught_as_the_students_was():
+    """An exception merely *named* like a built-in is not that built-in in the replay (a
+    test expecting ValueError must not pass on it), and a student's subclass of a built-in
+    still is one (an honest ``class BadInput(ValueError)``)."""
+    lookalike = type("ValueError", (Exception,), {})
+    subclass = type("BadInput", (ValueError,), {})
+
+    def answer(kind):
+        raise kind("bad input")
+
+    def tests(space):
+        for kind in (lookalike, subclass, ValueError):
+            try:
+                space["answer"](kind)
+            except Exception:  # noqa: BLE001 - recorded
+                pass
+
+    record, arrays = _record({"answer": answer}, "answer", tests)
+    assert [c["raised"][0::2] for c in record] == [["ValueError", "Exception"],
+                                                   ["BadInput", "ValueError"],
+                                                   ["ValueError", "ValueError"]]
+    replay = observe.replay_function("answer", record, arrays)
+    with pytest.raises(Exception) as raised:
+        replay(lookalike)
+    assert not isinstance(raised.value, ValueError)
+    assert type(raised.value).__name__ == "ValueError"  # the name the student chose
+    with pytest.raises(ValueError, match="bad input") as raised:
+        replay(subclass)
+    assert type(raised.value).__name__ == "BadInput"
+    with pytest.raises(ValueError) as raised:
+        replay(ValueError)
+    assert type(raised.value) is ValueError
+
+
+def test_an_array_referred_to_many_times_counts_as_often():
+    """A forged value whose nodes all name one large array would be copied at each: over the
+    byte limit it is refused, instead of taking the trusted kernel's memory."""
+    arrays = {"a0": np.zeros(1000)}
+    node = {"t": "list", "items": [{"t": "ndarray", "ref": "a0"}] * 3}
+    assert len(observe.decode(node, arrays)) == 3
+    with pytest.raises(observe.ObservationError, match="larger than the limit"):
+        observe.decode(node, arrays, budget=[observe.MAX_NODES, 2 * 8000])
+
+
+def test_the_feedback_says_which_questions_a_stopped_trusted_check_did_not_decide():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    lesson = grading.load_lesson(os.path.join(root, "notebooks", "00_setup_and_hardware.ipynb"))
+    ran = {"replayable": True, "verdict": "ran", "why": "", "reason": ""}
+    execution, trusted = _executed(lesson, {"ex1_tests": True, "ex2_tests": True},
+                                   {"ex1_tests": ran})
+    notes = autograde.grading_paths(lesson, trusted)
+    assert notes[0].endswith(": ex1") and notes[-1].startswith("not decided") \
+        and notes[-1].endswith("ex2, ex3"), notes

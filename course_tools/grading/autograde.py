@@ -689,8 +689,8 @@ def _read_untrusted(path: Path, limit: int) -> str:
 
 def execute_gradeable(nb, job_dir: Path, *, options: Options, hook_dir: Path,
                       deny_read: list, isolation: Isolation = Isolation.NONE, hidden=(),
-                      visible=(), keep=None, plans=None, trusted: Path | None = None
-                      ) -> Execution:
+                      visible=(), keep=None, plans=None, trusted: Path | None = None,
+                      decide=()) -> Execution:
     """Run ``nb`` in a worker subprocess inside ``job_dir`` (its working folder and HOME are
     ``job_dir/work``) under the time limits of ``options``; never raises for what the notebook
     does. With ``isolation`` bubblewrap the kernel runs in the sandbox of
@@ -702,7 +702,9 @@ def execute_gradeable(nb, job_dir: Path, *, options: Options, hook_dir: Path,
     exports the observations they name (issue 16, the trusted check) and the worker copies
     them to ``job_dir/observations``. ``trusted``: a student job's ``observations`` folder:
     this is then the trusted check's job (``nb`` is the instructor's lesson, no student
-    code), with those files copied into its working folder. The worker process and the kernel's process tree are
+    code), with those files copied into its working folder; ``decide``: the tests ``grade_id``
+    it must reach (it runs up to the last of them, or of those with observations, whichever
+    comes later). The worker process and the kernel's process tree are
     killed at the notebook time limit (and any kernel left behind is killed at the end).
 
     When the grader is root each kernel runs as a user of its own (:func:`course_tools.
@@ -717,14 +719,14 @@ def execute_gradeable(nb, job_dir: Path, *, options: Options, hook_dir: Path,
         return _run_gradeable(nb, job_dir, options=options, hook_dir=hook_dir,
                               deny_read=deny_read, isolation=isolation, hidden=hidden,
                               visible=visible, keep=keep, uid=uid, plans=plans,
-                              trusted=trusted)
+                              trusted=trusted, decide=decide)
     finally:
         sandbox_tools.release_uid(uid)  # after the kernel was killed: kills any leftover
 
 
 def _run_gradeable(nb, job_dir: Path, *, options: Options, hook_dir: Path, deny_read: list,
                    isolation: Isolation, hidden, visible, keep, uid: int | None,
-                   plans=None, trusted: Path | None = None) -> Execution:
+                   plans=None, trusted: Path | None = None, decide=()) -> Execution:
     """:func:`execute_gradeable` with the kernel's user ``uid`` (None: ``nobody`` or the
     grader's own user)."""
     job_dir.chmod(0o711)  # the sandbox's user must reach its bound folders, list nothing
@@ -761,7 +763,7 @@ def _run_gradeable(nb, job_dir: Path, *, options: Options, hook_dir: Path, deny_
         "kernel_argv": kernel_argv,
         "kernel_uid": (uid if uid is not None else sandbox_tools.kernel_uid())
         if kernel_argv else None,
-        "keep": keep or {}, "plans": plans or {},
+        "keep": keep or {}, "plans": plans or {}, "decide": sorted(decide),
         "mode": "trusted" if trusted is not None else "student"}))
     nbformat.write(nb, job_dir / "input.ipynb")
     worker_env = {k: v for k, v in os.environ.items() if not k.startswith("GRADER_")}
@@ -867,7 +869,9 @@ def _errors(cell) -> list:
 
 
 def _test_failure(cell, instructor_source: str, cell_timeout: int) -> str:
-    """Why a tests cell failed, without revealing hidden test text."""
+    """Why a tests cell failed, without revealing hidden test text. The exception's message
+    may be the student's text (a replayed exception, a returned value in an assertion's
+    message): long words are cut (:func:`_cut_tokens`), so no encoded blob gets through."""
     error = _errors(cell)[-1]
     ename, evalue = _cut_name(error.get("ename")), str(error.get("evalue", ""))
     if any(e.get("ename") == "CellTimeoutError" for e in _errors(cell)):
@@ -882,13 +886,13 @@ def _test_failure(cell, instructor_source: str, cell_timeout: int) -> str:
     lines = instructor_source.splitlines()
     if line_no is None or not 1 <= line_no <= len(lines):
         return (f"a test failed ({ename})" if hidden
-                else f"a test failed: {ename}" + (f": {_short(evalue)}" if evalue else ""))
+                else f"a test failed: {ename}" + (f": {_cut_tokens(evalue, 160)}" if evalue else ""))
     if line_no in hidden:
         return f"a hidden test failed ({ename})"
     text = _short(lines[line_no - 1].strip(), 120)
     if ename == "AssertionError":
-        return f"test `{text}` failed" + (f": {_short(evalue)}" if evalue else "")
-    return f"test `{text}` raised {ename}" + (f": {_short(evalue)}" if evalue else "")
+        return f"test `{text}` failed" + (f": {_cut_tokens(evalue, 160)}" if evalue else "")
+    return f"test `{text}` raised {ename}" + (f": {_cut_tokens(evalue, 160)}" if evalue else "")
 
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
@@ -914,7 +918,7 @@ def _answer_problem(cell, stub: str, cell_timeout: int) -> str:
         error = errors[0]
         evalue = error.get("evalue", "")
         return f"your answer raised {_cut_name(error.get('ename'))}" + (
-            f": {_short(evalue, 120)}" if evalue else "")
+            f": {_cut_tokens(evalue, 120)}" if evalue else "")
     return ""
 
 
@@ -932,7 +936,8 @@ def unanswered(answers: dict, stubs: dict) -> set:
 
 
 def score(lesson: Lesson, execution: Execution, *, stubs: dict, options: Options,
-          not_answered=frozenset(), trusted: Execution | None = None) -> list:
+          not_answered=frozenset(), trusted: Execution | None = None,
+          plans: dict | None = None) -> list:
     """One :class:`QuestionScore` per exercise of ``lesson`` from the executed notebook.
 
     A question whose answer cell is in ``not_answered`` (unchanged from the release, or
@@ -942,8 +947,12 @@ def score(lesson: Lesson, execution: Execution, *, stubs: dict, options: Options
     stderr output (warnings) does not count as a failure here, unlike in nbgrader. A failed
     or unrun tests cell gets 0 and the reason. A question the trusted check (``trusted``,
     :func:`run_trusted`) found replayable is decided by the trusted run of its tests alone
-    (the student kernel's own tests outcome is ignored); the others as above. Raises
-    nothing.
+    (the student kernel's own tests outcome is ignored); the others as above. A question
+    with observed names (``plans``, :func:`exercise_plan`, computed when None) whose tests
+    passed in the student's kernel but that the trusted check did not reach (no trusted run,
+    one that crashed or ran out of time, observations the answer kept from being exported)
+    gets 0: its in-process verdict may have been disarmed, and only the trusted check's
+    own finding "not replayable" sends a question back to it. Raises nothing.
     """
     from nbgrader.utils import determine_grade
 
@@ -951,6 +960,7 @@ def score(lesson: Lesson, execution: Execution, *, stubs: dict, options: Options
     cells = {grading._grade_id(c): c for c in (nb.cells if nb is not None else [])
              if grading._grade_id(c)}
     verdicts = trusted_verdicts(trusted)
+    plans = exercise_plan(lesson) if plans is None else plans
     results = []
     for ex in lesson.exercises:
         if ex.solution_id in not_answered:
@@ -975,6 +985,17 @@ def score(lesson: Lesson, execution: Execution, *, stubs: dict, options: Options
             results.append(QuestionScore(ex.key, ex.title, 0.0, ex.points, False, reason))
             continue
         verdict, trusted_cell = verdicts.get(ex.tests_id, ({}, None))
+        if (plans.get(ex.tests_id) or {}).get("observed") and not _errors(tests) and not (
+                "replayable" in verdict and (not verdict["replayable"] or verdict.get(
+                    "verdict") in ("ran", "refused"))):
+            reason = ("not decided: the trusted check "
+                      + ("did not run" if trusted is None else "stopped before these tests")
+                      + " (a grader error: grade again); the verdict of your own kernel is "
+                      "not trusted")
+            results.append(QuestionScore(ex.key, ex.title, 0.0, ex.points, False,
+                                         f"{answer_note}; {reason}" if answer_note
+                                         else reason))
+            continue
         if verdict.get("replayable") and verdict.get("verdict") in ("ran", "refused"):
             if verdict["verdict"] == "refused":
                 reason = str(verdict.get("reason") or "your values could not be checked")
@@ -1012,31 +1033,47 @@ def score(lesson: Lesson, execution: Execution, *, stubs: dict, options: Options
     return results
 
 
-def _worth_checking(execution: Execution, plans: dict, sent: Path) -> bool:
+def to_decide(execution: Execution, plans: dict) -> list[str]:
+    """The tests ``grade_id`` s the trusted check must decide: those with observed names
+    (``plans``) whose tests cell ran in the student's kernel. Whether that kernel sent their
+    observations does not matter: an answer that stops its own export (removes the files,
+    blocks the folder) must not keep the in-process verdict it may have disarmed; the
+    trusted check then refuses those values as unreadable. Raises nothing."""
+    found = []
+    for cell in execution.nb.cells if execution.nb is not None else []:
+        tests_id = grading._grade_id(cell) or ""
+        if (plans.get(tests_id) or {}).get("observed") and (
+                cell.get("execution_count") is not None or cell.get("outputs")):
+            found.append(tests_id)
+    return found
+
+
+def _worth_checking(execution: Execution, plans: dict) -> bool:
     """Whether the trusted check can change anything: some tests cell with observed names
-    sent its observations and passed in the student's own kernel. When none passed there,
-    every question already scores 0 and no trusted kernel is started (a kernel that runs
-    the same tests on the same values fails them too; only the student's own code could make
-    them fail there, so the saving costs an honest student nothing). Raises nothing."""
+    passed in the student's own kernel. When none passed there, every question already
+    scores 0 and no trusted kernel is started (a kernel that runs the same tests on the same
+    values fails them too; only the student's own code could make them fail there, so the
+    saving costs an honest student nothing). Raises nothing."""
     if execution.nb is None:
         return False
     for cell in execution.nb.cells:
         tests_id = grading._grade_id(cell) or ""
         if (plans.get(tests_id) or {}).get("observed") \
-                and (sent / f"{tests_id}.json").exists() \
                 and cell.get("execution_count") is not None and not _errors(cell):
             return True
     return False
 
 
 def run_trusted(lesson: Lesson, parameters: dict, student: Student, observations: Path,
-                plans: dict, *, options: Options, context: Context, release=None) -> Execution:
+                plans: dict, *, options: Options, context: Context, release=None,
+                decide=()) -> Execution:
     """The trusted check of one student's notebook (issue 16): a fresh kernel in the same
     sandbox runs the instructor's lesson (reference solutions, all tests) with the student's
     ``parameters``; for each replayable question its tests run once more with the student's
     values and recorded calls (``observations``: the student job's folder of them, untrusted
     data, copied into the trusted kernel's working folder) bound, and that run is the
     verdict (``metadata["trusted_check"]`` of each tests cell). No student code runs in it.
+    ``decide``: the tests it must reach (:func:`to_decide`), observations or not.
     Never raises for what the observations hold; OSError for the grader's own folders."""
     answers = {grading._grade_id(c): c.source for c in lesson.nb.cells
                if c.metadata.get("nbgrader", {}).get("solution")}
@@ -1047,7 +1084,8 @@ def run_trusted(lesson: Lesson, parameters: dict, student: Student, observations
         return execute_gradeable(reference, job_dir, options=options,
                                  hook_dir=context.hook_dir, deny_read=context.deny_read,
                                  isolation=context.isolation, hidden=context.hidden,
-                                 visible=context.visible, plans=plans, trusted=observations)
+                                 visible=context.visible, plans=plans, trusted=observations,
+                                 decide=decide)
     finally:
         if not options.keep_temp:
             shutil.rmtree(job_dir, ignore_errors=True)
@@ -1088,20 +1126,27 @@ def disagreements(lesson: Lesson, execution: Execution,
 
 
 def grading_paths(lesson: Lesson, trusted: Execution | None) -> list[str]:
-    """Notes saying which questions the trusted check decided and which were graded in the
-    student's own kernel, and why. Raises nothing."""
+    """Notes saying which questions the trusted check decided, which were graded in the
+    student's own kernel and why, and which a trusted check that stopped early did not
+    reach (they score 0, :func:`score`). Raises nothing."""
     verdicts = trusted_verdicts(trusted)
     decided = [ex.key for ex in lesson.exercises
                if verdicts.get(ex.tests_id, ({}, None))[0].get("replayable")]
+    stopped = trusted is not None and trusted.state is not State.COMPLETED
+    missed = [ex.key for ex in lesson.exercises
+              if stopped and ex.key not in decided and ex.tests_id not in verdicts]
     kept = [f"{ex.key} ({_short(verdicts[ex.tests_id][0].get('why') or 'not checked', 100)})"
             if ex.tests_id in verdicts else f"{ex.key} (its tests did not run in your notebook)"
-            for ex in lesson.exercises if ex.key not in decided]
+            for ex in lesson.exercises if ex.key not in decided and ex.key not in missed]
     notes = []
     if decided:
         notes.append("graded by the trusted check (a kernel that ran none of your code, "
                      f"given your values): {', '.join(decided)}")
     if kept and trusted is not None:
         notes.append(f"graded in your own kernel: {'; '.join(kept)}")
+    if missed:
+        notes.append(f"not decided (the trusted check stopped early; grade again): "
+                     f"{', '.join(missed)}")
     return notes
 
 
@@ -1230,10 +1275,10 @@ def grade_notebook(lesson: Lesson, student: Student, submissions: Path, out: Pat
                 deny_read=context.deny_read, isolation=context.isolation,
                 hidden=context.hidden, visible=context.visible, keep=answer_names(lesson),
                 plans=plans)
-            if _worth_checking(execution, plans, job_dir / "observations"):
+            if _worth_checking(execution, plans):
                 trusted = run_trusted(lesson, parameters, student, job_dir / "observations",
                                       plans, options=options, context=context,
-                                      release=release)
+                                      release=release, decide=to_decide(execution, plans))
         finally:
             if not options.keep_temp:
                 shutil.rmtree(job_dir, ignore_errors=True)
@@ -1278,9 +1323,10 @@ def grade_notebook(lesson: Lesson, student: Student, submissions: Path, out: Pat
             result.status = Status.ERROR
             result.reason = (f"grader error: the trusted check did not complete "
                              f"({_short(trusted.message, 160)}); the questions it did not "
-                             "decide were graded in the student's kernel")
+                             "decide score 0 until graded again (their in-process verdict "
+                             "is not trusted)")
         result.questions = score(lesson, execution, stubs=stubs, options=options,
-                                 not_answered=blank, trusted=trusted)
+                                 not_answered=blank, trusted=trusted, plans=plans)
         result.notes += grading_paths(lesson, trusted)
         result.instructor_notes += disagreements(lesson, execution, trusted)
         from nbgrader.preprocessors import LimitOutput

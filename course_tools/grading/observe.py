@@ -27,6 +27,16 @@ Reading (:func:`load`) trusts nothing in the files: regular files with one link 
 caps, JSON without NaN constants or duplicate keys, ``np.load(allow_pickle=False)`` on an
 archive whose members are stored, not compressed (no zip bombs), every node checked by
 :func:`decode`. Errors raise :class:`ObservationError` with a message for the feedback.
+
+Calls (:class:`Recorder`, :func:`replay_function`): each recorded call keeps its result or
+exception (cut name and message, and the nearest built-in exception class it is one of),
+its arguments as it got them and, when it changed them, as it left them. A replayed call
+must get the same arguments (else ``ReplayError``) and repeats the change in place, so the
+order and number of the tests' calls, the inputs they pass and what a function does to its
+arguments are checked in the trusted kernel too. The observations are the student kernel's
+*claims*: an answer that takes over that kernel's export can claim any values (the
+expected ones included, if it can compute them); the trusted check then guarantees that
+the instructor's tests accept those values, not that the student's code produced them.
 """
 
 from __future__ import annotations
@@ -47,6 +57,8 @@ MAX_NODES = 200_000
 MAX_DEPTH = 40
 MAX_STR = 2**20
 MAX_INT_DIGITS = 4000
+MAX_ARGS_BYTES = 64 * 2**20  # the arguments of one recorded call, kept to be compared
+MAX_ARGS_NODES = 20_000  # beyond: "toobig" alike in both kernels (JSON stays small)
 ARRAY_KINDS = "biufc"
 FRAMEWORKS = ("jax", "torch", "tensorflow")
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.")
@@ -116,6 +128,37 @@ class Encoder:
         if framework:
             node["framework"] = framework
         return node
+
+    def adopt(self, node, arrays: dict, depth: int = 0):
+        """``node`` (made by another :class:`Encoder`, whose store is ``arrays``) with its
+        arrays moved into this store (renamed; an array equal to one adopted before is stored
+        once; one over this store's byte limit becomes ``{"t": "toobig"}``, which then matches
+        no real argument). Raises nothing for nodes an encoder made."""
+        if isinstance(node, list):
+            return [self.adopt(item, arrays, depth + 1) for item in node]
+        if not isinstance(node, dict) or depth > 3 * MAX_DEPTH:
+            return node
+        if "ref" in node:
+            array = arrays.get(node["ref"])
+            if array is None:
+                return {"t": "toobig"}
+            import hashlib
+
+            key = (array.dtype.str, array.shape, hashlib.sha1(
+                array.tobytes(), usedforsecurity=False).hexdigest())
+            known = getattr(self, "_adopted", None)
+            if known is None:
+                known = self._adopted = {}
+            if key in known:  # the same input passed again: stored once
+                return {**node, "ref": known[key]}
+            if self.bytes + array.nbytes > self.max_bytes:
+                return {"t": "toobig"}
+            self.bytes += array.nbytes
+            ref = f"a{len(self.arrays)}"
+            self.arrays[ref] = array
+            known[key] = ref
+            return {**node, "ref": ref}
+        return {key: self.adopt(value, arrays, depth + 1) for key, value in node.items()}
 
     def encode(self, value, depth: int = 0) -> dict:
         """The node of ``value`` (see the module docstring)."""
@@ -237,12 +280,13 @@ def decode(node, arrays: dict, *, frameworks: bool = True, depth: int = 0, budge
     Raises:
         ObservationError: a node that is not one of :func:`encode`'s (unknown type, wrong
             fields, an ``int`` that is not digits, a missing array, too deep or too many
-            nodes); ``opaque``, ``toobig``, ``missing`` and ``callable`` nodes too (they are
-            not values).
+            nodes, more than :data:`MAX_ARRAY_BYTES` of arrays in one value, counting an
+            array as often as it is referred to); ``opaque``, ``toobig``, ``missing`` and
+            ``callable`` nodes too (they are not values).
     """
     import numpy as np
 
-    budget = budget if budget is not None else [MAX_NODES]
+    budget = budget if budget is not None else [MAX_NODES, MAX_ARRAY_BYTES]
     budget[0] -= 1
     _check(budget[0] >= 0 and depth <= MAX_DEPTH, "too many or too deeply nested values")
     _check(type(node) is dict and type(node.get("t")) is str, "a value that is not a node")
@@ -295,6 +339,8 @@ def decode(node, arrays: dict, *, frameworks: bool = True, depth: int = 0, budge
         array = arrays[ref]
         _check(type(array) is np.ndarray and array.dtype.kind in ARRAY_KINDS
                and not array.dtype.hasobject, "an array of a type that is not data")
+        budget[1] -= array.nbytes  # one array referred to many times is copied as often
+        _check(budget[1] >= 0, "arrays larger than the limit")
         array = array.copy()  # every decode gives a fresh value: tests may change it
         if kind == "npscalar":
             _check(array.ndim == 0, "a NumPy scalar that is not 0-dimensional")
@@ -544,10 +590,41 @@ def recordable(value) -> bool:
         inner, types.FunctionType | types.BuiltinFunctionType | types.MethodType)
 
 
+def call_arguments(args, kwargs) -> tuple[dict, dict]:
+    """``(node, arrays)`` of one call's arguments: a ``list`` node ``[args, kwargs]`` made by
+    an :class:`Encoder` of its own (at most :data:`MAX_ARGS_BYTES` of arrays and
+    :data:`MAX_ARGS_NODES` nodes), so that what earlier calls stored cannot make a later
+    call's arguments ``toobig``; arguments over those limits are ``toobig`` alike in both
+    kernels (not compared). Raises nothing."""
+    encoder = Encoder(max_bytes=MAX_ARGS_BYTES, max_nodes=MAX_ARGS_NODES)
+    return encoder.encode([list(args), dict(kwargs)]), encoder.arrays
+
+
+def builtin_base(exc) -> str:
+    """The name of the nearest built-in exception class ``exc`` is an instance of
+    (``ValueError`` for ``class BadInput(ValueError)``; ``Exception`` for a class merely
+    *named* ``ValueError``, or for one that is no ``Exception``). Raises nothing."""
+    for kind in getattr(type(exc), "__mro__", ()):
+        name = getattr(kind, "__name__", "")
+        if name in BUILTIN_ERRORS and getattr(builtins, name, None) is kind:
+            return name
+    return "Exception"
+
+
+def _message(exc) -> str:
+    """At most 300 characters of ``str(exc)``; a message whose ``__str__`` fails is empty."""
+    try:
+        return str(exc)[:300]
+    except Exception:  # noqa: BLE001 - a student's exception may break its own __str__
+        return ""
+
+
 class Recorder:
     """Wraps the callables among ``names`` of ``namespace`` (a kernel's ``user_ns``) so that
     each outermost call's result, or its exception (cut type name and message), is appended
-    to ``self.calls[name]``, encoded at call time. Calls made from inside a recorded call (a
+    to ``self.calls[name]``, encoded at call time, with the call's arguments as it got them
+    (``args``, :func:`call_arguments`) and, when the call changed them, as it left them
+    (``after``): ``{"ok"|"raised": ..., "args": ..., ["after": ...]}``. Calls made from inside a recorded call (a
     recursive answer, one answer function calling another) are not recorded: the replay of
     the outer call stands for them. :meth:`restore` puts the originals back."""
 
@@ -576,14 +653,26 @@ class Recorder:
             if depth[0]:
                 return function(*args, **kwargs)
             depth[0] += 1
+            raised = None
             try:
-                result = function(*args, **kwargs)
-            except BaseException as exc:
-                calls.append({"raised": [cut_name(type(exc).__name__, 40), str(exc)[:300]]})
-                raise
+                before = call_arguments(args, kwargs)
+                try:
+                    result = function(*args, **kwargs)
+                except BaseException as exc:  # noqa: BLE001 - recorded, then raised again
+                    raised = exc
+                    entry = {"raised": [cut_name(type(exc).__name__, 40), _message(exc),
+                                        builtin_base(exc)]}
+                else:
+                    entry = {"ok": encoder.encode(result)}
+                entry["args"] = encoder.adopt(*before)
+                after = call_arguments(args, kwargs)
+                if not same(before[0], before[1], after[0], after[1]):
+                    entry["after"] = encoder.adopt(*after)  # the call changed its arguments
+                calls.append(entry)
             finally:
                 depth[0] -= 1
-            calls.append({"ok": encoder.encode(result)})
+            if raised is not None:
+                raise raised
             return result
 
         try:
@@ -651,24 +740,38 @@ def export(namespace: dict, stem, names, recorder: Recorder | None = None) -> No
 
 
 class ReplayError(Exception):
-    """A replayed function called more often than in the student's notebook."""
+    """A replayed function called more often than in the student's notebook, with other
+    arguments than there, or whose change of its arguments cannot be repeated."""
 
 
-def _raise_like(name: str, message: str):
+def _raise_like(name: str, message: str, base: str = "Exception"):
+    """An exception named ``name`` (cut) that is an instance of the built-in ``base``: that
+    built-in itself when the names agree, else a new class of that name derived from it, so
+    that ``except ValueError`` catches it only when the student's exception was one."""
     name = cut_name(name, 40).rsplit(".", 1)[-1] or "Exception"
-    if name in BUILTIN_ERRORS:
-        return getattr(builtins, name)(message)
-    if not name.isidentifier():
-        name = "Exception"
-    return type(name, (Exception,), {})(message)
+    kind = getattr(builtins, base) if base in BUILTIN_ERRORS else Exception
+    if name == kind.__name__ or not name.isidentifier():
+        return kind(message)
+    return type(name, (kind,), {})(message)
 
 
-def replay_function(name: str, calls, arrays: dict):
+def replay_function(name: str, calls, arrays: dict, undo: list | None = None):
     """A function that returns the recorded results ``calls`` (from :class:`Recorder`) one
     per call, in order: a fresh decoded value each time, or the recorded exception raised
-    again (a built-in exception type when the name is one, else a new class of that name).
+    again (:func:`_raise_like`: of the recorded name, an instance of the nearest built-in
+    exception class the student's was one of).
 
-    Raises (when called): ReplayError after the record runs out; ObservationError for a
+    Each call must get the arguments the student's function got in the same call of the
+    student's notebook (:func:`same` on :func:`call_arguments`): the record answers for
+    those arguments only, so tests that call in another order, with other inputs, or that
+    the answer's own calls (a thread) shifted, fail. When the student's function changed
+    its arguments (the record's ``after``), the replay makes the same change to the
+    arguments it got (lists, dicts, sets and NumPy arrays, in place), so that a test that
+    checks "must not modify its argument" sees it; ``undo`` (a list) gets ``(object,
+    copy of its value before)`` for each object changed, for :func:`replay_end`.
+
+    Raises (when called): ReplayError after the record runs out, for other arguments, or
+    for a change of an argument that cannot be repeated in place; ObservationError for a
     record that is not data.
     """
     _check(type(calls) is list, f"the calls of `{name}` are not a list")
@@ -680,18 +783,110 @@ def replay_function(name: str, calls, arrays: dict):
                               "tests stopped earlier there, or your code changed them)")
         entry = calls[position[0]]
         position[0] += 1
-        _check(type(entry) is dict and len(entry) == 1, f"a bad call record of `{name}`")
+        _check(type(entry) is dict and "args" in entry and ("ok" in entry) != (
+            "raised" in entry) and set(entry) <= {"ok", "raised", "args", "after"},
+            f"a bad call record of `{name}`")
+        mine, mine_arrays = call_arguments(args, kwargs)
+        if not same(entry["args"], arrays, mine, mine_arrays):
+            raise ReplayError(f"`{name}` was called with other arguments than in call "
+                              f"{position[0]} of your notebook (your code changed what the "
+                              "tests pass it, or the order of their calls)")
+        if "after" in entry:
+            _repeat_changes(name, args, kwargs, entry["args"], entry["after"], arrays, undo)
         if "raised" in entry:
             raised = entry["raised"]
-            _check(type(raised) is list and len(raised) == 2
+            _check(type(raised) is list and len(raised) in (2, 3)
                    and all(type(x) is str for x in raised), f"a bad call record of `{name}`")
-            raise _raise_like(raised[0], raised[1][:300])
-        _check("ok" in entry, f"a bad call record of `{name}`")
+            raise _raise_like(raised[0], raised[1][:300], *raised[2:3])
         return decode(entry["ok"], arrays)
 
     replayed.__name__ = name
     replayed.__qualname__ = name
     return replayed
+
+
+def _split_arguments(node, name: str) -> tuple[list, list]:
+    """The positional and keyword ``[key, value]`` nodes of a :func:`call_arguments` node."""
+    _check(type(node) is dict and node.get("t") == "list" and type(node.get("items")) is list
+           and len(node["items"]) == 2, f"a bad call record of `{name}`")
+    positional, keywords = node["items"]
+    _check(type(positional) is dict and positional.get("t") == "list"
+           and type(positional.get("items")) is list and type(keywords) is dict
+           and keywords.get("t") == "dict" and type(keywords.get("items")) is list,
+           f"a bad call record of `{name}`")
+    return positional["items"], keywords["items"]
+
+
+def _repeat_changes(name, args, kwargs, before, after, arrays: dict, undo) -> None:
+    """Change ``args``/``kwargs`` in place as the student's call changed its own (the
+    arguments whose ``before`` and ``after`` nodes differ). Raises ReplayError when an
+    argument cannot take its new value in place (a tuple, a framework tensor...)."""
+    import copy
+
+    old_args, old_keys = _split_arguments(before, name)
+    new_args, new_keys = _split_arguments(after, name)
+    _check(len(old_args) == len(new_args) == len(args) and len(old_keys) == len(new_keys)
+           == len(kwargs), f"a bad call record of `{name}`")
+    targets = list(args) + [kwargs.get(pair[0].get("v")) if type(pair) is list and len(pair)
+                            == 2 and type(pair[0]) is dict else None for pair in new_keys]
+    olds = list(old_args) + [p[1] if type(p) is list and len(p) == 2 else None
+                             for p in old_keys]
+    news = list(new_args) + [p[1] if type(p) is list and len(p) == 2 else None
+                             for p in new_keys]
+    for target, old, new in zip(targets, olds, news, strict=True):
+        if same(old, arrays, new, arrays):
+            continue
+        value = decode(new, arrays)
+        if not _assignable(target, value):
+            raise ReplayError(f"`{name}` changed its argument (a {cut_name(type(target).__name__, 40)}) "
+                              "in a way the trusted check cannot repeat: return a new value "
+                              "instead of changing the one you were given")
+        if undo is not None:
+            undo.append((target, copy.deepcopy(target)))
+        _assign_into(target, value)
+
+
+def _assignable(target, value) -> bool:
+    """Whether :func:`_assign_into` can give ``target`` the value ``value`` in place."""
+    import numpy as np
+
+    if type(target) is list and type(value) is list:
+        return True
+    if type(target) is dict and type(value) is dict:
+        return True
+    if type(target) is set and type(value) is set:
+        return True
+    return (type(target) is np.ndarray and type(value) is np.ndarray
+            and target.shape == value.shape and target.flags.writeable)
+
+
+def _assign_into(target, value) -> None:
+    """Give the mutable ``target`` the value ``value`` in place (:func:`_assignable`), item
+    by item, so that what else refers to it, or to its items, sees the change."""
+    import numpy as np
+
+    if type(target) is np.ndarray:
+        np.copyto(target, value, casting="unsafe")
+    elif type(target) is set:
+        target.clear()
+        target.update(value)
+    elif type(target) is list:
+        if len(target) != len(value):
+            target[:] = value
+            return
+        for i, item in enumerate(value):
+            if target[i] is not item and _assignable(target[i], item):
+                _assign_into(target[i], item)
+            else:
+                target[i] = item
+    else:
+        for key in [k for k in target if k not in value]:
+            del target[key]
+        for key, item in value.items():
+            if key in target and _assignable(target[key], item):
+                _assign_into(target[key], item)
+            else:
+                target[key] = item
 
 
 # --------------------------------------------------------------------------- trusted kernel
@@ -718,6 +913,7 @@ def reference_end(namespace: dict, observed, inputs) -> None:
     recorder.restore()
     _TRUSTED["reference"] = {name: namespace[name] for name in [*observed, *inputs]
                              if name in namespace}
+    _TRUSTED["namespace"] = dict(namespace)  # every binding, put back by replay_end
     payload, _ = observe(namespace, observed, recorder)
     why = ""
     for name, calls in recorder.calls.items():
@@ -756,7 +952,11 @@ def replay_begin(namespace: dict, stem, before_stem, observed, inputs) -> None:
     that the student's ``inputs`` equal the ones bound here. Replies ``{"ok": bool, "why":
     str}``; when not ok the verdict is that reason (nothing is bound)."""
     try:
-        payload, arrays = load(stem)
+        try:
+            payload, arrays = load(stem)
+        except ObservationError as exc:
+            raise ObservationError(f"your notebook's values for these tests could not be "
+                                   f"read: {exc}") from None
         values, calls = payload.get("values"), payload.get("calls")
         _check(type(values) is dict and type(calls) is dict, "no values or calls")
         bound: dict[str, Any] = {}
@@ -768,7 +968,8 @@ def replay_begin(namespace: dict, stem, before_stem, observed, inputs) -> None:
             elif plain_function(reference):
                 if node.get("t") != "callable" or name not in calls:
                     raise ObservationError(f"`{name}` is not a function in your notebook")
-                bound[name] = replay_function(name, calls[name], arrays)
+                bound[name] = replay_function(name, calls[name], arrays,
+                                              _TRUSTED.setdefault("undo", []))
             else:
                 if not is_data(node):
                     raise ObservationError(f"`{name}` in your notebook is {describe(node)}")
@@ -809,7 +1010,22 @@ def replay_begin(namespace: dict, stem, before_stem, observed, inputs) -> None:
 
 
 def replay_end(namespace: dict) -> None:
-    """Trusted kernel, after the verdict run: put the reference's values back, so that the
-    lesson's later cells and questions run as the instructor's lesson does."""
+    """Trusted kernel, after the verdict run: undo the changes the replayed calls made to
+    their arguments, put the reference's values back and every binding of the namespace as
+    it was after the reference's run (names the verdict run bound, from the student's
+    values, are removed), so that the lesson's later cells and questions run as the
+    instructor's lesson does."""
+    for target, saved in reversed(_TRUSTED.pop("undo", [])):
+        try:
+            _assign_into(target, saved)
+        except Exception:  # noqa: BLE001 - best effort: the bindings below are what counts
+            pass
     namespace.update(_TRUSTED.pop("reference", {}))
+    snapshot = _TRUSTED.pop("namespace", None)
+    if snapshot is not None:
+        for name in [n for n in namespace if n not in snapshot]:
+            del namespace[name]
+        for name, value in snapshot.items():
+            if namespace.get(name, _TRUSTED) is not value:
+                namespace[name] = value
     _reply({"ok": True})

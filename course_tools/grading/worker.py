@@ -32,8 +32,9 @@ export is copied at once, size-capped, to ``JOB_DIR/observations``. In a trusted
 no student code exists; each tests cell runs once on the reference (to decide whether it is
 replayable) and once on the student's values and replayed calls: the verdict, with the
 findings in the tests cell's ``metadata["trusted_check"]`` (``replayable``, ``why``,
-``verdict``: ``ran``/``refused``, ``reason``). Cells after the last tests cell with
-observations are not run.
+``verdict``: ``ran``/``refused``, ``reason``). Cells after the last tests cell to decide
+(``job.json``'s ``decide``: those that ran in the student's kernel) or with observations are
+not run.
 
 ``status.json``: ``{"state": "running"|"completed"|"kernel_died"|"stuck"|"error",
 "cell": index of the cell running or last run, "kernel_pid": ..., "message": ...,
@@ -456,10 +457,13 @@ def run(job_dir: Path) -> int:
 
     nb = nbformat.read(job_dir / "input.ipynb", as_version=4)
     trusted_mode = job.get("mode") == "trusted"
-    if trusted_mode:  # up to the last tests the student's kernel sent observations for
+    if trusted_mode:  # up to the last tests to decide or with observations, whichever is later
         observed_dir = Path(job["cwd"]) / OBSERVED
+        decide = set(job.get("decide") or [])
         last_tests = max((i for i, c in enumerate(nb.cells) if grade_id(c).endswith("_tests")
-                          and (observed_dir / f"{grade_id(c)}.json").exists()), default=-1)
+                          and (grade_id(c) in decide
+                               or (observed_dir / f"{grade_id(c)}.json").exists())),
+                         default=-1)
     else:
         last_tests = len(nb.cells)
     lesson_cells = [c for c in nb.cells
