@@ -94,6 +94,25 @@ def test_pandas_tables_round_trip(tmp_path):
     assert series["jax"] == 1.5 and series.name == "seconds"
 
 
+def test_pandas_level_names_survive_so_tests_can_select_by_them(tmp_path):
+    # lesson 10's tables: a MultiIndex (model, batch) that its tests read with xs(level=...)
+    table = pd.DataFrame({"model": ["mlp", "mlp", "cnn"], "batch": [1, 32, 1],
+                          "ms": [0.5, 2.0, 1.5]}).set_index(["model", "batch"])
+    table.columns.name = "metric"
+    node, arrays = roundtrip(table, tmp_path)
+    back = observe.decode(node, arrays)
+    assert list(back.index.names) == ["model", "batch"] and back.columns.name == "metric"
+    assert back.xs("mlp", level="model")["ms"].tolist() == [0.5, 2.0]
+    series = observe.decode(*observe.encode(table["ms"]))
+    assert list(series.index.names) == ["model", "batch"]
+    bad = {**node, "index_names": observe.encode(["model"])[0]}  # one name for two levels
+    with pytest.raises(observe.ObservationError, match="level names"):
+        observe.decode(bad, arrays)
+    bad = {**node, "index_names": observe.encode([1.5, None])[0]}  # a name that is no name
+    with pytest.raises(observe.ObservationError, match="level names"):
+        observe.decode(bad, arrays)
+
+
 def test_a_pickle_in_the_archive_is_refused(tmp_path):
     class Bomb:
         def __reduce__(self):
@@ -271,6 +290,29 @@ def test_the_plan_names_what_the_tests_read_of_the_answer(tmp_path):
     # the solution inside a function's body makes the function the answer; what a given line
     # binds after it derives from the answer (observed), before it is an input
     assert plan["ex2_tests"] == {"observed": ["fix", "fixed"], "inputs": ["setup"]}
+
+
+def test_an_answer_written_with_a_cell_magic_binds_nothing_and_later_cells_are_observed(
+        tmp_path):
+    # lessons 10 ex3 and 11 ex1: the answer is a %%writefile cell; a given cell runs the file
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nb.cells = [
+        _cell('import os\nPROFILE = os.environ.get("COURSE_PROFILE", "full")\nSEED = 0',
+              "parameters"),
+        _cell("import subprocess\nimport sys\nSCRATCH = '.'"),
+        nbformat.v4.new_markdown_cell("### Exercise 1: a script"),
+        _cell("%%writefile {SCRATCH}/answer.py\n### BEGIN SOLUTION\nprint(2 + 2)\n"
+              "### END SOLUTION", "solution"),
+        _cell("run_output = subprocess.run([sys.executable, 'answer.py'], capture_output=True,"
+              " text=True).stdout"),
+        _cell("# points: 1\nassert run_output.strip() == '4'", "tests"),
+    ]
+    path = tmp_path / "10_magic.ipynb"
+    nbformat.write(nb, path)
+    plan = autograde.exercise_plan(grading.load_lesson(path))
+    assert plan["ex1_tests"]["observed"] == ["run_output"]
 
 
 def test_the_real_lessons_00_and_04_plans():

@@ -475,11 +475,20 @@ def _top_level_bindings(tree) -> list:
 
 
 def _parse(source: str):
+    """The AST of a cell's ``source``, read as IPython reads it (``%%writefile`` and other
+    magics become the Python calls they stand for, which bind no name), or None when it is
+    not Python even then."""
     import ast
 
     try:
         return ast.parse(source)
     except (SyntaxError, ValueError):
+        pass
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
+
+        return ast.parse(TransformerManager().transform_cell(source))
+    except (SyntaxError, ValueError, ImportError):
         return None
 
 

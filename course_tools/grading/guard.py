@@ -6,7 +6,9 @@ and any ``python`` it starts) imports it at start-up. When ``GRADER_SANDBOX`` is
 Python audit hook (PEP 578) that:
 
 - refuses (``PermissionError``) to create, write, delete, rename, link or change any file outside
-  ``GRADER_SANDBOX`` and the folders listed in ``GRADER_ALLOW_WRITE`` (``os.pathsep``-separated);
+  ``GRADER_SANDBOX`` and the folders listed in ``GRADER_ALLOW_WRITE`` (``os.pathsep``-separated),
+  except the process's own ``/proc/<pid>/clear_refs`` (writing ``5`` there restarts the peak
+  memory count, ``VmHWM``, as lesson 09's memory measurement does);
 - refuses to open or list anything under the folders in ``GRADER_DENY_READ`` (the instructor's
   lessons, which hold the solutions and hidden tests, and the grader's own files);
 - appends one line per refusal to the file ``GRADER_LOG`` (opened before the hook exists, so
@@ -98,7 +100,8 @@ def install(environ=os.environ) -> bool:
                     return
                 writes = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
                     isinstance(flags, int) and bool(flags & _WRITE_FLAGS))
-                if writes and not _inside(path, allowed):
+                if writes and not _inside(path, allowed) and path != (
+                        f"/proc/{os.getpid()}/clear_refs"):  # its own memory peak reset
                     refuse("write", path)
                 if _inside(path, denied) and not _inside(path, allowed):
                     refuse("read", path)

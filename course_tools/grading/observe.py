@@ -214,14 +214,19 @@ class Encoder:
 
     def _pandas(self, value, frame: bool, depth: int) -> dict:
         index = self.encode([_plain(v) for v in value.index.tolist()], depth + 1)
+        # the levels' names: a test may select by them (``xs(..., level="model")``)
+        index_names = self.encode([_plain(n) for n in value.index.names], depth + 1)
         if frame:
             return {"t": "dataframe", "columns": self.encode(
                         [_plain(c) for c in value.columns.tolist()], depth + 1),
-                    "index": index,
+                    "column_names": self.encode([_plain(n) for n in value.columns.names],
+                                                depth + 1),
+                    "index": index, "index_names": index_names,
                     "data": [self._column(value.iloc[:, i], depth + 1)
                              for i in range(value.shape[1])]}
         return {"t": "series", "name": self.encode(_plain(value.name), depth + 1),
-                "index": index, "data": self._column(value, depth + 1)}
+                "index": index, "index_names": index_names,
+                "data": self._column(value, depth + 1)}
 
 
 def _plain(value):
@@ -356,24 +361,48 @@ def decode(node, arrays: dict, *, frameworks: bool = True, depth: int = 0, budge
         index = decode(node.get("index"), arrays, frameworks=False, depth=depth + 1,
                        budget=budget)
         _check(type(index) is list, "a pandas index that is not a list")
+        index = _pandas_index(pd, index, _decode_names(node, "index_names", arrays, depth,
+                                                       budget))
         if kind == "series":
             data = _decode_column(node.get("data"), arrays, depth, budget)
             _check(len(data) == len(index), "a Series whose index has another length")
             name = decode(node.get("name"), arrays, frameworks=False, depth=depth + 1,
                           budget=budget)
-            return pd.Series(data, index=pd.Index(index), name=name)
+            return pd.Series(data, index=index, name=name)
         columns = decode(node.get("columns"), arrays, frameworks=False, depth=depth + 1,
                          budget=budget)
         _check(type(columns) is list and type(node.get("data")) is list
                and len(node["data"]) == len(columns), "a DataFrame with bad columns")
         data = [_decode_column(c, arrays, depth, budget) for c in node["data"]]
         _check(all(len(d) == len(index) for d in data), "a DataFrame with ragged columns")
-        frame = pd.DataFrame({i: d for i, d in enumerate(data)}, index=pd.Index(index))
-        frame.columns = pd.Index(columns) if columns else frame.columns
+        frame = pd.DataFrame({i: d for i, d in enumerate(data)}, index=index)
+        if columns:
+            frame.columns = _pandas_index(pd, columns, _decode_names(
+                node, "column_names", arrays, depth, budget))
         return frame
     if kind in ("opaque", "toobig", "missing", "callable"):
         raise ObservationError(f"a value that is {describe(node)}")
     raise ObservationError("a node of an unknown type")
+
+
+def _decode_names(node, key, arrays, depth, budget):
+    """The level names stored under ``key`` (a list of ``str``, ``int`` or ``None``), or
+    None when the node has none (observations written before names were kept)."""
+    if key not in node:
+        return None
+    names = decode(node[key], arrays, frameworks=False, depth=depth + 1, budget=budget)
+    _check(type(names) is list and all(n is None or type(n) in (str, int) for n in names),
+           "pandas level names that are not a list of names")
+    return names
+
+
+def _pandas_index(pd, labels: list, names):
+    """``pd.Index(labels)`` (a MultiIndex when the labels are tuples) with ``names``."""
+    index = pd.Index(labels)
+    if names is not None:
+        _check(len(names) == index.nlevels, "pandas level names that do not fit the index")
+        index = index.set_names(names)
+    return index
 
 
 def _decode_column(node, arrays, depth, budget):
