@@ -146,9 +146,10 @@ class Encoder:
 
             key = (array.dtype.str, array.shape, hashlib.sha1(
                 array.tobytes(), usedforsecurity=False).hexdigest())
-            known = getattr(self, "_adopted", None)
+            known: dict[tuple, str] | None = getattr(self, "_adopted", None)
             if known is None:
-                known = self._adopted = {}
+                known = {}
+                self._adopted = known
             if key in known:  # the same input passed again: stored once
                 return {**node, "ref": known[key]}
             if self.bytes + array.nbytes > self.max_bytes:
