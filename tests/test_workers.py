@@ -280,6 +280,13 @@ TORCH_RANK = """
         workers.report("sleeping instead of joining")
         time.sleep(3600)
     if sys.argv[1] == "crash" and rank == 1:
+        # wait (bounded) until rank 0 has written its pid, so that the test can check that
+        # the launcher ended it: on a loaded machine rank 0 may start seconds later
+        rank0 = Path(os.environ["COURSE_WORKER_DIR"], "rank0.pid")
+        for _ in range(600):
+            if rank0.exists() and rank0.read_text().strip():
+                break
+            time.sleep(0.05)
         raise RuntimeError("rank 1 crashed on purpose")
     workers.report("importing torch")
     import torch
