@@ -420,6 +420,35 @@ def test_a_reference_is_replayable_only_when_its_values_and_results_are_data(cap
     assert not reply["replayable"] and "`spec` is not data" in reply["why"]
 
 
+def test_a_student_value_of_none_is_bound_and_an_empty_text_table_is_unchanged(tmp_path,
+                                                                             capsys):
+    # lesson 12 in the sandbox has no records: `my_winner` is None and `records` an empty
+    # table of text columns; the reference answers scored 0/2 twice (NameError; "your answer
+    # changed `records`", an empty object column decoding as float64)
+    records = pd.DataFrame({"lesson": pd.Series([], dtype=object),
+                            "value": pd.Series([], dtype=object)})
+
+    def tests(space):
+        assert space["my_winner"] is None and space["records"].empty
+
+    space = {"my_winner": None, "records": records}
+    assert _reference(space, ["my_winner"], ["records"], tests, capsys)["replayable"]
+    payload, arrays = observe.observe({"my_winner": None, "records": records.copy()},
+                                      ["my_winner", "records"])
+    observe.dump(tmp_path / "ex1_tests", payload, arrays)
+    observe.dump(tmp_path / "before", *observe.observe({"records": records.copy()},
+                                                       ["records"]))
+    space.pop("my_winner")
+    observe.replay_begin(space, tmp_path / "ex1_tests", tmp_path / "before", ["my_winner"],
+                         ["records"])
+    reply = json.loads(capsys.readouterr().out.strip().splitlines()[-1].split(" ", 1)[1])
+    assert reply == {"ok": True, "why": ""}
+    assert "my_winner" in space and space["my_winner"] is None
+    assert space["records"]["lesson"].dtype == object
+    tests(space)
+    observe.replay_end(space)
+
+
 # --------------------------------------------------------------------------- red team, session 22
 
 

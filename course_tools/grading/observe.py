@@ -369,14 +369,14 @@ def decode(node, arrays: dict, *, frameworks: bool = True, depth: int = 0, budge
             _check(len(data) == len(index), "a Series whose index has another length")
             name = decode(node.get("name"), arrays, frameworks=False, depth=depth + 1,
                           budget=budget)
-            return pd.Series(data, index=index, name=name)
+            return pd.Series(_object_column(data), index=index, name=name)
         columns = decode(node.get("columns"), arrays, frameworks=False, depth=depth + 1,
                          budget=budget)
         _check(type(columns) is list and type(node.get("data")) is list
                and len(node["data"]) == len(columns), "a DataFrame with bad columns")
         data = [_decode_column(c, arrays, depth, budget) for c in node["data"]]
         _check(all(len(d) == len(index) for d in data), "a DataFrame with ragged columns")
-        frame = pd.DataFrame({i: d for i, d in enumerate(data)}, index=index)
+        frame = pd.DataFrame({i: _object_column(d) for i, d in enumerate(data)}, index=index)
         if columns:
             frame.columns = _pandas_index(pd, columns, _decode_names(
                 node, "column_names", arrays, depth, budget))
@@ -384,6 +384,20 @@ def decode(node, arrays: dict, *, frameworks: bool = True, depth: int = 0, budge
     if kind in ("opaque", "toobig", "missing", "callable"):
         raise ObservationError(f"a value that is {describe(node)}")
     raise ObservationError("a node of an unknown type")
+
+
+def _object_column(data):
+    """A column that was encoded as a list (an ``object`` column: strings, mixed values) as
+    a 1-d ``object`` array, so that it keeps its dtype (an empty list would become float64)
+    and re-encodes as it was; an array column as it is."""
+    if type(data) is not list:
+        return data
+    import numpy as np
+
+    column = np.empty(len(data), dtype=object)
+    for i, item in enumerate(data):
+        column[i] = item
+    return column
 
 
 def _decode_names(node, key, arrays, depth, budget):
@@ -974,6 +988,11 @@ def reference_end(namespace: dict, observed, inputs) -> None:
     _reply({"replayable": not why, "why": why})
 
 
+#: What :func:`replay_begin` binds for a name the student's notebook never bound (a value of
+#: ``None`` is a value: lesson 12's ``my_winner`` is None when no framework has evidence).
+_UNBOUND = object()
+
+
 def replay_begin(namespace: dict, stem, before_stem, observed, inputs) -> None:
     """Trusted kernel, before the verdict run of a tests cell: bind each of ``observed`` to
     the student's value (``STEM.json``/``.npz``), each reference callable to a
@@ -994,7 +1013,7 @@ def replay_begin(namespace: dict, stem, before_stem, observed, inputs) -> None:
             node = values.get(name)
             reference = _TRUSTED["reference"].get(name)
             if node is None or node.get("t") == "missing":
-                bound[name] = None  # unbound: the tests raise NameError
+                bound[name] = _UNBOUND  # the tests raise NameError
             elif plain_function(reference):
                 if node.get("t") != "callable" or name not in calls:
                     raise ObservationError(f"`{name}` is not a function in your notebook")
@@ -1032,7 +1051,7 @@ def replay_begin(namespace: dict, stem, before_stem, observed, inputs) -> None:
                                     f"({type(exc).__name__})"})
         return
     for name, value in bound.items():
-        if value is None:
+        if value is _UNBOUND:
             namespace.pop(name, None)
         else:
             namespace[name] = value
