@@ -387,17 +387,15 @@ def decode(node, arrays: dict, *, frameworks: bool = True, depth: int = 0, budge
 
 
 def _object_column(data):
-    """A column that was encoded as a list (an ``object`` column: strings, mixed values) as
-    a 1-d ``object`` array, so that it keeps its dtype (an empty list would become float64)
-    and re-encodes as it was; an array column as it is."""
-    if type(data) is not list:
-        return data
-    import numpy as np
+    """A decoded column as pandas should build it: an *empty* list (an empty text or
+    ``object`` column) as an empty ``object`` array, because pandas would make it float64 and
+    it would no longer equal the column it came from; anything else as it is (pandas infers
+    the dtype of a list of strings as it did in the student's kernel)."""
+    if type(data) is list and not data:
+        import numpy as np
 
-    column = np.empty(len(data), dtype=object)
-    for i, item in enumerate(data):
-        column[i] = item
-    return column
+        return np.empty(0, dtype=object)
+    return data
 
 
 def _decode_names(node, key, arrays, depth, budget):
